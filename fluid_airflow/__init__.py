@@ -1,0 +1,7 @@
+"""fluid-airflow: an Apache Airflow 3 provider for Fluid and Vineyard.
+
+Importing this package is cheap on purpose: Airflow imports providers while parsing DAGs, and
+Vineyard's client (~1 s to import) must never be imported or connected at DAG-parse time.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,131 @@
+"""The ``[fluid]`` Airflow config section: one table of options, read lazily.
+
+The same table feeds the provider info (so ``airflow config list`` documents it) and the
+fallbacks used here, so a default can never differ between the two. Every option can be set
+in ``airflow.cfg`` or as ``AIRFLOW__FLUID__<OPTION>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SECTION = "fluid"
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "vineyard_conn_id": {
+        "description": "Airflow connection (type ``vineyard``) the XCom backend uses. Empty: use "
+        "``vineyard_socket`` instead.",
+        "type": "string",
+        "example": "vineyard_default",
+        "default": "",
+    },
+    "vineyard_socket": {
+        "description": "IPC socket of the vineyardd the XCom backend uses when no connection is set. "
+        "Empty: the socket of the local vineyardd in ``runtime_dir`` (``fluid-airflow vineyard start``).",
+        "type": "string",
+        "example": "/var/run/vineyard/vineyard-worker.sock",
+        "default": "",
+    },
+    "runtime_dir": {
+        "description": "Folder of the local vineyardd: its IPC socket, pid, log and state files. Empty: "
+        "``$XDG_RUNTIME_DIR/fluid-airflow``, else ``<system temp dir>/fluid-airflow-<uid>``.",
+        "type": "string",
+        "example": "/run/user/1000/fluid-airflow",
+        "default": "",
+    },
+    "local_vineyard_size": {
+        "description": "Shared memory of the local vineyardd (Kubernetes-style quantity: 512Mi, 4Gi, 1G "
+        "or plain bytes).",
+        "type": "string",
+        "example": "8Gi",
+        "default": "2Gi",
+    },
+    "inline_threshold": {
+        "description": "JSON-able XCom values whose JSON text is below this many bytes stay inline in "
+        "Airflow's DB; larger ones go to Vineyard. Arrays, DataFrames and Arrow data always go to Vineyard.",
+        "type": "integer",
+        "example": "65536",
+        "default": "16384",
+    },
+    "name_prefix": {
+        "description": "First component of every Vineyard object name the XCom backend creates "
+        "(``<prefix>/<dag_id>/<run_id>/<task_id>/<map_index>/<key>``).",
+        "type": "string",
+        "example": "airflow",
+        "default": "airflow",
+    },
+    "connect_timeout": {
+        "description": "Seconds to wait for vineyardd to answer a connection before failing the task.",
+        "type": "float",
+        "example": "10",
+        "default": "10",
+    },
+}
+
+
+def get(option: str) -> str:
+    """Return ``[fluid] <option>`` as a string, falling back to the default in :data:`OPTIONS`.
+
+    :raises KeyError: ``option`` is not one of :data:`OPTIONS`.
+    """
+    default = OPTIONS[option]["default"]
+    # Imported lazily: reading Airflow's config costs ~1 s and this module is imported by the CLI.
+    from airflow.sdk import conf
+
+    return conf.get(SECTION, option, fallback=default)
+
+
+def get_int(option: str) -> int:
+    """Return ``[fluid] <option>`` as an int. :raises ValueError: the value is not an integer."""
+    raw = get(option)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"[{SECTION}] {option} = {raw!r} is not an integer; set AIRFLOW__FLUID__{option.upper()} "
+            "to a whole number of bytes"
+        ) from None
+
+
+def get_float(option: str) -> float:
+    """Return ``[fluid] <option>`` as a float. :raises ValueError: the value is not a number."""
+    raw = get(option)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"[{SECTION}] {option} = {raw!r} is not a number; set AIRFLOW__FLUID__{option.upper()} "
+            "to a number of seconds"
+        ) from None
+
+
+def default_runtime_dir() -> Path:
+    """The local vineyardd's folder when ``[fluid] runtime_dir`` is empty.
+
+    ``$XDG_RUNTIME_DIR/fluid-airflow`` when that variable is set, else
+    ``<tempfile.gettempdir()>/fluid-airflow-<uid>``. Short on purpose: an IPC socket path must fit
+    in ``sockaddr_un.sun_path`` (107 bytes on Linux).
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "fluid-airflow"
+    return Path(tempfile.gettempdir()) / f"fluid-airflow-{os.getuid()}"
+
+
+def runtime_dir() -> Path:
+    """``[fluid] runtime_dir``, or :func:`default_runtime_dir` when it is empty."""
+    configured = get("runtime_dir")
+    return Path(configured).expanduser() if configured else default_runtime_dir()
+
+
+def local_socket_path(runtime: Path | None = None) -> Path:
+    """The IPC socket of the local vineyardd kept in ``runtime`` (default :func:`runtime_dir`)."""
+    return (runtime or runtime_dir()) / "vineyard.sock"
+
+
+def vineyard_socket() -> str:
+    """``[fluid] vineyard_socket``, or the local vineyardd's socket when it is empty."""
+    return get("vineyard_socket") or str(local_socket_path())

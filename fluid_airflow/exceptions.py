@@ -1,0 +1,50 @@
+"""Exceptions raised by fluid-airflow.
+
+Every message names the object concerned, the cause, and the fix, so a DAG author reading a
+failed task's log knows what to do without reading this package's source.
+"""
+
+from __future__ import annotations
+
+from airflow.exceptions import AirflowException
+
+
+class FluidAirflowError(AirflowException):
+    """Base class of every error raised by fluid-airflow."""
+
+
+class VineyardDaemonError(FluidAirflowError):
+    """A local vineyardd could not be started, stopped or queried."""
+
+
+class InvalidSizeError(VineyardDaemonError, ValueError):
+    """A memory size string (``512Mi``, ``4Gi``, ``1G``, ``1024000``) could not be parsed."""
+
+
+class InsufficientMemoryError(VineyardDaemonError):
+    """The machine or its cgroup cannot provide the shared memory asked of vineyardd."""
+
+
+class SocketInUseError(VineyardDaemonError):
+    """The IPC socket path is already served by a live vineyardd."""
+
+
+class VineyardConnectionError(FluidAirflowError):
+    """No vineyardd answers at the configured IPC socket or RPC endpoint."""
+
+
+class UnsupportedXComValueError(FluidAirflowError, TypeError):
+    """A value cannot be stored as an XCom: raised in the producer, at push time."""
+
+
+class VineyardReadBackError(FluidAirflowError):
+    """Vineyard stored a value but cannot give it back intact: raised in the producer, at push time."""
+
+
+class VineyardObjectLostError(FluidAirflowError):
+    """An XCom reference points at a Vineyard object that no longer exists (or was replaced).
+
+    Typical causes: vineyardd restarted (``--meta local`` keeps nothing), the object was
+    released or garbage-collected, or someone deleted it by hand. The fix is to clear the
+    producing task so it recomputes the value.
+    """

@@ -1,0 +1,143 @@
+"""VineyardHook: one Vineyard client per process, from a ``vineyard`` connection or a socket.
+
+Connection fields (declared in the provider info as ``conn-fields``): ``ipc_socket`` (path of
+vineyardd's UNIX socket; zero-copy, same node) and ``rpc_endpoint`` (``host:port``; copies data
+over TCP). The IPC socket wins when both are set. Nothing connects at import or construction:
+the first :meth:`VineyardHook.get_conn` does, so DAG parsing never touches Vineyard.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from fluid_airflow.exceptions import VineyardConnectionError
+
+# Clients by (pid, endpoint). A forked child must not use its parent's client (the socket and
+# the client's state belong to the parent), so entries of another pid are ignored and replaced.
+_CLIENTS: dict[tuple[int, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+class VineyardHook(BaseHook):
+    """Connect to vineyardd and hand out its Python client.
+
+    :param vineyard_conn_id: Airflow connection of type ``vineyard``. Ignored when
+        ``ipc_socket`` or ``rpc_endpoint`` is given.
+    :param ipc_socket: path of vineyardd's IPC socket (overrides the connection).
+    :param rpc_endpoint: ``host:port`` of vineyardd's RPC service (overrides the connection).
+    """
+
+    conn_name_attr = "vineyard_conn_id"
+    default_conn_name = "vineyard_default"
+    conn_type = "vineyard"
+    hook_name = "Vineyard"
+
+    def __init__(
+        self,
+        vineyard_conn_id: str = default_conn_name,
+        *,
+        ipc_socket: str | None = None,
+        rpc_endpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.vineyard_conn_id = vineyard_conn_id
+        self._ipc_socket = ipc_socket
+        self._rpc_endpoint = rpc_endpoint
+
+    def endpoint(self) -> tuple[str, str]:
+        """Return ``("ipc", socket_path)`` or ``("rpc", "host:port")``.
+
+        :raises VineyardConnectionError: the connection names neither.
+        """
+        if self._ipc_socket:
+            return "ipc", self._ipc_socket
+        if self._rpc_endpoint:
+            return "rpc", self._rpc_endpoint
+        conn = self.get_connection(self.vineyard_conn_id)
+        extra = conn.extra_dejson
+        if extra.get("ipc_socket"):
+            return "ipc", str(extra["ipc_socket"])
+        if extra.get("rpc_endpoint"):
+            return "rpc", str(extra["rpc_endpoint"])
+        if conn.host and conn.port:
+            return "rpc", f"{conn.host}:{conn.port}"
+        raise VineyardConnectionError(
+            f"Airflow connection {self.vineyard_conn_id!r} names no Vineyard endpoint: set its "
+            "'ipc_socket' (e.g. /var/run/vineyard/vineyard-worker.sock) or 'rpc_endpoint' (host:port)."
+        )
+
+    def get_conn(self) -> Any:
+        """Return this process's ``vineyard.Client`` for the endpoint, connecting on first use.
+
+        A client made before ``fork()`` is never reused in the child, and a client whose
+        vineyardd went away is replaced.
+
+        :raises VineyardConnectionError: the socket file is missing, or vineyardd does not answer
+            (with the IPC retry loop disabled, this takes about 1 s instead of 10 s).
+        """
+        kind, where = self.endpoint()
+        key = (os.getpid(), f"{kind}:{where}")
+        with _LOCK:
+            client = _CLIENTS.get(key)
+            if client is not None and client.connected:
+                return client
+            for stale in [k for k in _CLIENTS if k[0] != key[0]]:
+                # Dropped without close(): closing would act on the parent's connection state.
+                del _CLIENTS[stale]
+            client = _connect(kind, where)
+            _CLIENTS[key] = client
+            return client
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's "Test" button: connect and report the instance and its memory use."""
+        try:
+            status = self.get_conn().status
+        except Exception as exc:
+            return False, str(exc)
+        return True, (
+            f"vineyardd instance {status.instance_id}: {status.memory_usage} of "
+            f"{status.memory_limit} bytes used"
+        )
+
+
+def _connect(kind: str, where: str) -> Any:
+    # Without this, a missing socket costs 10 s of silent retries (vineyard.md section 4).
+    os.environ.setdefault("VINEYARD_IPC_SKIP_RETRY", "1")
+    import vineyard
+
+    if kind == "ipc":
+        if not Path(where).exists():
+            raise VineyardConnectionError(
+                f"No vineyardd IPC socket at {where}: the file does not exist. Start a local one with "
+                "`fluid-airflow vineyard start`, or point [fluid] vineyard_socket (or the vineyard "
+                "connection's ipc_socket) at a running vineyardd."
+            )
+        try:
+            return vineyard.connect(where)
+        except Exception as exc:
+            raise VineyardConnectionError(
+                f"vineyardd at IPC socket {where} does not answer ({type(exc).__name__}: {exc}). "
+                "It may have died and left its socket file behind; restart it "
+                "(`fluid-airflow vineyard start` removes a stale socket)."
+            ) from exc
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise VineyardConnectionError(f"RPC endpoint {where!r} is not host:port")
+    try:
+        return vineyard.connect(host, int(port))
+    except Exception as exc:
+        raise VineyardConnectionError(
+            f"vineyardd RPC endpoint {where} does not answer ({type(exc).__name__}: {exc}). "
+            "Check that vineyardd runs with RPC enabled and the port is reachable."
+        ) from exc
+
+
+def reset_clients() -> None:
+    """Forget every cached client (tests, and after a vineyardd restart)."""
+    with _LOCK:
+        _CLIENTS.clear()

@@ -1,0 +1,340 @@
+"""How each XCom value type is stored in Vineyard, read back, and checked.
+
+Vineyard 0.24.2 stores numpy arrays, numpy-backed pandas objects and Arrow data natively, but
+loses or corrupts some shapes silently (tested, see shared notes vineyard.md sections 4-5 and
+``tests/test_codec.py``): pandas extension dtypes (categorical, nullable ``Int64``, ``string``)
+fail on read, a MultiIndex comes back empty, MultiIndex columns come back scrambled, a
+categorical Series comes back as ``object``, Arrow ``string`` comes back as ``large_string``,
+string ndarrays come back as ``object``, and anything unknown silently falls back to pickle.
+So this module decides the encoding up front, and :func:`check_read_back` compares what
+Vineyard returns with what was put, in the producer, before the XCom is recorded.
+
+Encodings:
+- ``vineyard``: Vineyard's own type (``Tensor``, ``DataFrame``, ``Series``, ``Table``,
+  ``RecordBatch``, arrays). Read zero-copy: the consumer gets read-only views of shared memory.
+- ``arrow``: a pandas object Vineyard cannot hold natively is stored as an Arrow Table with
+  pandas metadata (``pa.Table.from_pandas``) and rebuilt with ``Table.to_pandas()`` on read,
+  which copies (Arrow -> pandas conversion), but exactly restores extension dtypes and indexes.
+- ``json``: Airflow-serialised JSON text above the inline threshold, as a ``uint8`` tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fluid_airflow.exceptions import UnsupportedXComValueError, VineyardReadBackError
+from fluid_airflow.vineyard.reference import VineyardReference, summarize_columns
+
+VINEYARD_MODULES = ("numpy", "pandas", "pyarrow")
+# numpy dtype kinds Vineyard's Tensor round-trips exactly: bool, ints, uints, floats,
+# timedelta64, datetime64 (complex is left out: not covered by our tests).
+_NATIVE_KINDS = "biufmM"
+
+
+@dataclass
+class Encoded:
+    """A value ready for ``client.put`` plus what the reference records about it."""
+
+    payload: Any
+    type: str
+    encoding: str
+    shape: list[int] | None = None
+    dtype: str | None = None
+    columns: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_vineyard_type(value: object) -> bool:
+    """True for numpy arrays, pandas DataFrames/Series and pyarrow Tables/RecordBatches/Arrays.
+
+    Checks the module name first so plain values never import numpy, pandas or pyarrow.
+    """
+    if type(value).__module__.split(".")[0] not in VINEYARD_MODULES:
+        return False
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    return isinstance(
+        value, (np.ndarray, pd.DataFrame, pd.Series, pa.Table, pa.RecordBatch, pa.Array, pa.ChunkedArray)
+    )
+
+
+def encode(value: Any) -> Encoded:
+    """Choose how ``value`` is stored. Call only when :func:`is_vineyard_type` is true.
+
+    :raises UnsupportedXComValueError: the value has a shape no encoding keeps intact
+        (object or structured ndarrays, duplicate DataFrame columns, unnamed Series names of
+        unusual types, Arrow conversion errors).
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(value, np.ndarray):
+        return _encode_ndarray(value)
+    if isinstance(value, pd.DataFrame):
+        return _encode_dataframe(value)
+    if isinstance(value, pd.Series):
+        return _encode_series(value)
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        kind = "pyarrow.Table" if isinstance(value, pa.Table) else "pyarrow.RecordBatch"
+        return Encoded(
+            payload=value,
+            type=kind,
+            encoding="vineyard",
+            shape=[value.num_rows, value.num_columns],
+            columns=summarize_columns([(f.name, f.type) for f in value.schema]),
+            extra=_small_string_fields(value.schema),
+        )
+    if isinstance(value, pa.ChunkedArray):
+        # Vineyard pickles a ChunkedArray; a one-column Table is stored natively instead.
+        table = pa.table({"values": value})
+        return Encoded(
+            payload=table,
+            type="pyarrow.ChunkedArray",
+            encoding="vineyard",
+            shape=[len(value)],
+            dtype=str(value.type),
+            extra=_small_string_fields(table.schema),
+        )
+    if isinstance(value, pa.Array):
+        extra = {"cast": str(value.type)} if value.type in (pa.string(), pa.binary()) else {}
+        return Encoded(
+            payload=value,
+            type="pyarrow.Array",
+            encoding="vineyard",
+            shape=[len(value)],
+            dtype=str(value.type),
+            extra=extra,
+        )
+    raise UnsupportedXComValueError(f"{type(value).__qualname__} is not a Vineyard XCom type")
+
+
+def _encode_ndarray(arr: Any) -> Encoded:
+    import numpy as np
+
+    kind = arr.dtype.kind
+    extra: dict[str, Any] = {}
+    if kind in "US":
+        extra["astype"] = arr.dtype.str  # Vineyard returns strings as an object array
+    elif kind not in _NATIVE_KINDS:
+        raise UnsupportedXComValueError(
+            f"numpy array of dtype {arr.dtype} cannot go through the Vineyard XCom backend: "
+            "object and structured arrays are not stored by value. Convert it to a typed array "
+            "(e.g. arr.astype(str) or float), a pandas DataFrame or an Arrow table before returning it."
+        )
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.ascontiguousarray(arr)  # a strided view: store the values, not the parent buffer
+    return Encoded(
+        payload=arr,
+        type="numpy.ndarray",
+        encoding="vineyard",
+        shape=list(arr.shape),
+        dtype=arr.dtype.str,
+        extra=extra,
+    )
+
+
+def _native_column(values: Any) -> bool:
+    """True when Vineyard stores this column (or index) by value and returns the same dtype."""
+    import numpy as np
+    import pandas as pd
+
+    dtype = values.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return True
+    if not isinstance(dtype, np.dtype):
+        return False  # pandas extension dtypes (category, Int64, string, ...) fail on read
+    if dtype.kind in _NATIVE_KINDS:
+        return True
+    return dtype.kind == "O" and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
+
+
+def _native_index(index: Any) -> bool:
+    import pandas as pd
+
+    return not isinstance(index, pd.MultiIndex) and _native_column(index)
+
+
+def _encode_dataframe(df: Any) -> Encoded:
+    import pandas as pd
+
+    if not df.columns.is_unique:
+        dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})[:5]
+        raise UnsupportedXComValueError(
+            f"DataFrame has duplicate column labels {dupes}: a stored table needs unique column names. "
+            "Rename the columns before returning the DataFrame."
+        )
+    columns = summarize_columns([(c, t) for c, t in df.dtypes.items()])
+    shape = [int(df.shape[0]), int(df.shape[1])]
+    labels_ok = not isinstance(df.columns, pd.MultiIndex) and all(
+        isinstance(c, (str, int)) for c in df.columns
+    )
+    if labels_ok and _native_index(df.index) and all(_native_column(df[c]) for c in df.columns):
+        return Encoded(payload=df, type="pandas.DataFrame", encoding="vineyard", shape=shape, columns=columns)
+    return Encoded(
+        payload=_to_arrow(df, "DataFrame"),
+        type="pandas.DataFrame",
+        encoding="arrow",
+        shape=shape,
+        columns=columns,
+    )
+
+
+def _encode_series(series: Any) -> Encoded:
+    name = series.name
+    if name is not None and not isinstance(name, (str, int, float)):
+        raise UnsupportedXComValueError(
+            f"Series name {name!r} of type {type(name).__name__} cannot be recorded; use a str or int name."
+        )
+    base = {"type": "pandas.Series", "shape": [len(series)], "dtype": str(series.dtype)}
+    if _native_column(series) and _native_index(series.index) and isinstance(name, (str, type(None))):
+        return Encoded(payload=series, encoding="vineyard", **base)
+    table = _to_arrow(series.to_frame(name="values"), "Series")
+    return Encoded(payload=table, encoding="arrow", extra={"series_name": name}, **base)
+
+
+def _to_arrow(frame: Any, what: str) -> Any:
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pandas(frame)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise UnsupportedXComValueError(
+            f"pandas {what} cannot be stored: Vineyard cannot hold its dtypes natively and Arrow "
+            f"cannot convert it ({type(exc).__name__}: {exc}). Give mixed-type object columns one "
+            "type (e.g. df[col].astype(str)) before returning it."
+        ) from exc
+
+
+def _small_string_fields(schema: Any) -> dict[str, Any]:
+    """Columns of 32-bit-offset string/binary type, which Vineyard returns as ``large_*``."""
+    import pyarrow as pa
+
+    idx = [i for i, f in enumerate(schema) if f.type in (pa.string(), pa.binary())]
+    return {"cast_columns": idx} if idx else {}
+
+
+def decode(stored: Any, ref: VineyardReference) -> Any:
+    """Turn what ``client.get`` returned into the value the producer returned.
+
+    Zero-copy for the ``vineyard`` encoding except where a cast is recorded (string ndarrays,
+    Arrow ``string`` columns: those columns are copied). ``arrow`` encoding copies.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    extra = ref.extra or {}
+    if ref.encoding == "json":
+        return bytes(np.asarray(stored, dtype=np.uint8)).decode("utf-8")
+    if ref.encoding == "arrow":
+        frame = stored.to_pandas()
+        if ref.type == "pandas.Series":
+            return frame.iloc[:, 0].rename(extra.get("series_name"))
+        return frame
+    if ref.type == "numpy.ndarray" and "astype" in extra:
+        return np.asarray(stored).astype(extra["astype"])
+    if ref.type in ("pyarrow.Table", "pyarrow.RecordBatch", "pyarrow.ChunkedArray"):
+        for i in extra.get("cast_columns", []):
+            f = stored.schema.field(i)
+            small = pa.string() if pa.types.is_large_string(f.type) else pa.binary()
+            stored = stored.cast(stored.schema.set(i, f.with_type(small)))
+        return stored.column(0) if ref.type == "pyarrow.ChunkedArray" else stored
+    if ref.type == "pyarrow.Array" and "cast" in extra:
+        return stored.cast(pa.type_for_alias(extra["cast"]))
+    return stored
+
+
+def check_read_back(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> None:
+    """Compare the structure of ``stored`` (what ``client.get`` returned) with ``value`` (what was put).
+
+    Checks type, shape, dtypes, column labels and index; not every element (that would cost a
+    full scan). Runs in the producer, so a value Vineyard mangles fails at push time.
+
+    :raises VineyardReadBackError: naming the XCom and the first difference found.
+    """
+    if encoded.encoding == "arrow":
+        # Compare the stored table only; Arrow's own to_pandas() is trusted to rebuild pandas.
+        problem = _difference(encoded.payload, stored, lenient_strings=True)
+    else:
+        problem = _difference(value, decode(stored, ref))
+    if problem:
+        raise VineyardReadBackError(
+            f"XCom {ref.key!r} of task {ref.producer!r} (DAG {ref.dag_id!r}, run {ref.run_id!r}): "
+            f"Vineyard stored the {encoded.type} but reading it back gives a different value ({problem}). "
+            "Nothing was recorded. Convert the value to a plainer form (numeric/str columns, flat "
+            "index, or an Arrow table) before returning it."
+        )
+
+
+def _difference(value: Any, got: Any, lenient_strings: bool = False) -> str | None:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(value, str):
+        return None if got == value else "JSON text differs"
+    if isinstance(value, np.ndarray):
+        if not isinstance(got, np.ndarray) or got.shape != value.shape or got.dtype != value.dtype:
+            return f"got {type(got).__name__} {getattr(got, 'shape', '')} {getattr(got, 'dtype', '')}"
+        return None
+    if isinstance(value, pd.DataFrame):
+        if not isinstance(got, pd.DataFrame) or got.shape != value.shape:
+            return f"got {type(got).__name__} of shape {getattr(got, 'shape', None)}"
+        if list(got.columns) != list(value.columns):
+            return f"columns {list(got.columns)[:5]} instead of {list(value.columns)[:5]}"
+        bad = [c for c in value.columns if got[c].dtype != value[c].dtype]
+        if bad:
+            return f"column {bad[0]!r} has dtype {got[bad[0]].dtype} instead of {value[bad[0]].dtype}"
+        return _index_difference(value.index, got.index)
+    if isinstance(value, pd.Series):
+        if not isinstance(got, pd.Series) or len(got) != len(value) or got.dtype != value.dtype:
+            return f"got {type(got).__name__} of dtype {getattr(got, 'dtype', None)}"
+        if got.name != value.name:
+            return f"name {got.name!r} instead of {value.name!r}"
+        return _index_difference(value.index, got.index)
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        if type(got) is not type(value) or got.num_rows != value.num_rows:
+            return f"got {type(got).__name__} with {getattr(got, 'num_rows', '?')} rows"
+        if got.schema.names != value.schema.names:
+            return f"columns {got.schema.names[:5]} instead of {value.schema.names[:5]}"
+        return _arrow_type_difference(value.schema, got.schema, lenient_strings)
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        if len(got) != len(value) or got.type != value.type:
+            return f"got {type(got).__name__} of type {getattr(got, 'type', None)}, length {len(got)}"
+        return None
+    return f"unexpected stored type {type(value).__name__}"
+
+
+def _index_difference(want: Any, got: Any) -> str | None:
+    if len(got) != len(want) or list(got.names) != list(want.names) or got.dtype != want.dtype:
+        got_desc = f"{type(got).__name__}{list(got.names)} {got.dtype}"
+        return f"index {got_desc} instead of {list(want.names)} {want.dtype}"
+    if not got.equals(want):
+        return "index values differ"
+    return None
+
+
+def _arrow_type_difference(want: Any, got: Any, lenient_strings: bool) -> str | None:
+    import pyarrow as pa
+
+    # Vineyard stores string/binary with 64-bit offsets; same values, wider type.
+    widened = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary()} if lenient_strings else {}
+    for w, g in zip(want, got, strict=True):
+        if w.type != g.type and widened.get(w.type) != g.type:
+            return f"column {w.name!r} has type {g.type} instead of {w.type}"
+    return None
+
+
+def encode_json(text: str) -> Encoded:
+    """Store Airflow-serialised JSON ``text`` (above the inline threshold) as a ``uint8`` tensor.
+
+    Raw ``bytes`` cannot be named in Vineyard (Blobs cannot be persisted, vineyard.md section 4),
+    so the text travels as a 1-D ``uint8`` array and :func:`decode` turns it back into ``str``.
+    """
+    import numpy as np
+
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    return Encoded(payload=data, type="json", encoding="json", shape=[int(data.size)])

@@ -1,0 +1,58 @@
+"""Vineyard object names for XComs, scoped to the DAG run.
+
+Layout: ``<prefix>/<dag_id>/<run_id>/<task_id>/<map_index>/<key>``. Each component is
+percent-encoded (``urllib.parse.quote``) so a ``/`` or a glob character (``*``, ``?``, ``[``) in
+a run id or key can neither make two XComs share a name nor widen a ``list_names`` pattern.
+Two DAG runs never share a name because Airflow's run ids are unique per DAG; a retry of the
+same task instance (same map index and key) reuses its name on purpose, so it replaces its
+earlier object.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+# Kept readable in names: run ids look like ``manual__2026-11-29T21:00:00+00:00``.
+_SAFE = ":+@=,-_.~"
+
+
+def _part(value: object) -> str:
+    text = str(value)
+    if not text:
+        raise ValueError("an XCom name component (dag_id, run_id, task_id or key) is empty")
+    return quote(text, safe=_SAFE)
+
+
+def xcom_object_name(
+    *, prefix: str, dag_id: str, run_id: str, task_id: str, map_index: int | None, key: str
+) -> str:
+    """Return the Vineyard name of one XCom; ``map_index=None`` is stored as ``-1`` (unmapped).
+
+    :raises ValueError: a component is empty.
+    """
+    index = -1 if map_index is None else int(map_index)
+    return "/".join([_part(prefix), _part(dag_id), _part(run_id), _part(task_id), str(index), _part(key)])
+
+
+def run_name_prefix(*, prefix: str, dag_id: str, run_id: str) -> str:
+    """Return the name prefix (ending in ``/``) shared by every XCom object of one DAG run."""
+    return "/".join([_part(prefix), _part(dag_id), _part(run_id)]) + "/"
+
+
+def split_xcom_object_name(name: str) -> dict[str, str | int]:
+    """Inverse of :func:`xcom_object_name`: ``{prefix, dag_id, run_id, task_id, map_index, key}``.
+
+    :raises ValueError: ``name`` does not have the six components.
+    """
+    parts = name.split("/")
+    if len(parts) != 6:
+        raise ValueError(f"{name!r} is not an XCom object name (expected 6 '/'-separated parts)")
+    prefix, dag_id, run_id, task_id, map_index, key = parts
+    return {
+        "prefix": unquote(prefix),
+        "dag_id": unquote(dag_id),
+        "run_id": unquote(run_id),
+        "task_id": unquote(task_id),
+        "map_index": int(map_index),
+        "key": unquote(key),
+    }

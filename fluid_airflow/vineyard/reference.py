@@ -1,0 +1,96 @@
+"""The JSON reference the Vineyard XCom backend stores in Airflow's DB instead of the payload.
+
+A reference is a flat JSON object, readable as-is in the Airflow UI's XCom view (the API
+server never runs custom backends, airflow.md section 5.3). Example::
+
+    {"__vineyard_ref__": 1, "type": "pandas.DataFrame", "shape": [327346, 19], "bytes": 53142032,
+     "object_id": "o688a4b364d800144", "name": "airflow/flights/manual__.../clean/-1/return_value",
+     "host": "vm", "instance_id": 0, "created": "2026-11-29T21:30:00+00:00", ...}
+
+It is kept well under 2 KB: column and schema summaries are cut to :data:`MAX_COLUMNS` entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MARKER = "__vineyard_ref__"
+VERSION = 1
+MAX_COLUMNS = 16
+MAX_LABEL = 48
+
+
+@dataclass(frozen=True)
+class VineyardReference:
+    """Where one XCom value lives in Vineyard and what it is.
+
+    :param object_id: Vineyard object id in its short form (``repr(ObjectID)``, e.g. ``o688a…``).
+    :param name: the object's Vineyard name (see :mod:`fluid_airflow.vineyard.naming`).
+    :param type: Python type of the value as the consumer gets it, e.g. ``numpy.ndarray``.
+    :param encoding: how it is stored: ``vineyard`` (Vineyard's own type), ``arrow`` (a pandas
+        object stored as an Arrow table, converted back on read) or ``json`` (Airflow-serialised
+        JSON text too large to keep inline).
+    :param typename: Vineyard's type name of the stored object, checked again on read.
+    :param bytes: shared memory the object occupies, in bytes (``ObjectMeta.memory_usage``).
+    :param shape: array shape, or ``[rows, columns]`` for tables, ``[length]`` for 1-D data.
+    :param dtype: numpy dtype string for arrays and Series.
+    :param columns: up to :data:`MAX_COLUMNS` ``{column: dtype}`` entries (pandas or Arrow types).
+    :param extra: encoding details needed to rebuild the value exactly (small).
+    """
+
+    object_id: str
+    name: str
+    type: str
+    encoding: str
+    typename: str
+    bytes: int
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    key: str
+    host: str = ""
+    instance_id: int = 0
+    created: str = ""
+    shape: list[int] | None = None
+    dtype: str | None = None
+    columns: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON-able dict stored in Airflow's DB (None fields are left out)."""
+        data: dict[str, Any] = {MARKER: VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or (f.name == "extra" and not value):
+                continue
+            data[f.name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VineyardReference:
+        """Rebuild a reference from :meth:`to_json` output.
+
+        :raises ValueError: ``data`` is not a reference of a version this package reads.
+        """
+        if data.get(MARKER) != VERSION:
+            raise ValueError(f"not a Vineyard XCom reference of version {VERSION}: {data!r:.200}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def producer(self) -> str:
+        """``task_id`` with ``[map_index]`` for mapped tasks, for messages."""
+        return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
+
+
+def is_reference(value: object) -> bool:
+    """True when ``value`` is a dict produced by :meth:`VineyardReference.to_json`."""
+    return isinstance(value, dict) and MARKER in value
+
+
+def summarize_columns(pairs: list[tuple[object, object]]) -> dict[str, str]:
+    """``{column: type}`` for the first :data:`MAX_COLUMNS` pairs, labels cut to :data:`MAX_LABEL`."""
+    return {str(name)[:MAX_LABEL]: str(kind)[:MAX_LABEL] for name, kind in pairs[:MAX_COLUMNS]}

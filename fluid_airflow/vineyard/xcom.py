@@ -1,0 +1,271 @@
+"""VineyardXComBackend: Airflow 3 XCom backend that keeps large values in Vineyard.
+
+Enable with one config line::
+
+    AIRFLOW__CORE__XCOM_BACKEND=fluid_airflow.vineyard.xcom.VineyardXComBackend
+
+What goes where (``serialize_value``):
+- numpy arrays, pandas DataFrames/Series, pyarrow Tables/RecordBatches/Arrays/ChunkedArrays:
+  put into Vineyard under a run-scoped name; the DB row is a :class:`VineyardReference` dict;
+- other values Airflow can serialise: inline in the DB when their JSON is smaller than
+  ``[fluid] inline_threshold`` bytes, else into Vineyard as JSON text;
+- anything else: :class:`UnsupportedXComValueError` in the producer.
+
+Airflow 3 runs backend methods only in task processes (airflow.md section 5.3): ``set`` ->
+``serialize_value``; ``get_one``/``get_all``/lazy mapped sequences -> ``deserialize_value``;
+``delete`` (retry/clear of a task, ``TIRunContext.xcom_keys_to_clear``) -> ``purge``. Source:
+``airflow/sdk/bases/xcom.py`` and ``airflow/sdk/execution_time/lazy_sequence.py`` (task-sdk 1.3.2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections import namedtuple
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk.bases.xcom import BaseXCom
+
+from fluid_airflow import config
+from fluid_airflow.exceptions import (
+    FluidAirflowError,
+    UnsupportedXComValueError,
+    VineyardObjectLostError,
+    VineyardReadBackError,
+)
+from fluid_airflow.hooks.vineyard import VineyardHook
+from fluid_airflow.vineyard import codec
+from fluid_airflow.vineyard.naming import xcom_object_name
+from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+
+log = logging.getLogger(__name__)
+
+_Result = namedtuple("_Result", ["value"])
+
+
+def backend_hook() -> VineyardHook:
+    """The hook the backend uses: ``[fluid] vineyard_conn_id`` if set, else ``vineyard_socket``."""
+    conn_id = config.get("vineyard_conn_id")
+    if conn_id:
+        return VineyardHook(conn_id)
+    return VineyardHook(ipc_socket=config.vineyard_socket())
+
+
+class VineyardXComBackend(BaseXCom):
+    """XCom backend storing arrays, DataFrames and Arrow data in Vineyard shared memory."""
+
+    @staticmethod
+    def serialize_value(
+        value: Any,
+        *,
+        key: str | None = None,
+        task_id: str | None = None,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        map_index: int | None = None,
+    ) -> Any:
+        """Store ``value`` and return what goes into Airflow's DB (JSON-able).
+
+        Vineyard values are put, read back and checked before the name is set, so a failure
+        leaves nothing behind and the producer task fails at push time. A re-push of the same
+        XCom (retry, clear) repoints the name and deletes the earlier object.
+
+        :raises UnsupportedXComValueError: neither Vineyard nor Airflow's serde can hold the value.
+        :raises VineyardReadBackError: Vineyard cannot give the value back intact.
+        :raises VineyardConnectionError: vineyardd does not answer.
+        """
+        if is_reference(value):
+            return value  # already in Vineyard (e.g. returned by a pod): keep the reference
+        scope = {"key": key, "task_id": task_id, "dag_id": dag_id, "run_id": run_id}
+        if codec.is_vineyard_type(value):
+            _require_scope(scope, type(value))
+            encoded = codec.encode(value)
+            return _store(encoded, value, scope, map_index).to_json()
+        serialized = _serde(value, scope)
+        text = json.dumps(serialized)
+        if len(text.encode("utf-8")) < config.get_int("inline_threshold"):
+            return serialized
+        _require_scope(scope, type(value))
+        return _store(codec.encode_json(text), text, scope, map_index).to_json()
+
+    @staticmethod
+    def deserialize_value(result: Any) -> Any:
+        """Return the value of an XCom row; references are resolved from Vineyard.
+
+        ``result`` is an ``XComResult`` or any object with ``.value`` (``get_all`` and lazy
+        mapped sequences pass a wrapper). Arrays and native DataFrames come back as read-only
+        zero-copy views; ``.copy()`` before mutating.
+
+        :raises VineyardObjectLostError: the referenced object is gone or was replaced.
+        """
+        if is_reference(result.value):
+            return resolve(VineyardReference.from_json(result.value))
+        return BaseXCom.deserialize_value(result)
+
+    @classmethod
+    def purge(cls, xcom: Any, *args: Any) -> None:
+        """Delete the Vineyard object behind an XCom row Airflow is deleting (retry/clear).
+
+        Never raises: a failure is logged as a warning, since the next push to the same name
+        deletes the earlier object anyway.
+        """
+        value = getattr(xcom, "value", None)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return
+        if not is_reference(value):
+            return
+        ref = VineyardReference.from_json(value)
+        try:
+            release(ref)
+        except Exception as exc:
+            log.warning("Could not release Vineyard object %s (%s): %s", ref.object_id, ref.name, exc)
+
+
+def _require_scope(scope: dict[str, str | None], kind: type) -> None:
+    missing = [k for k, v in scope.items() if not v]
+    if missing:
+        raise FluidAirflowError(
+            f"Cannot store a {kind.__name__} in Vineyard without {', '.join(missing)}: the object name is "
+            "scoped by DAG run, task and key. Push XComs from a running task (return or ti.xcom_push)."
+        )
+
+
+def _serde(value: Any, scope: dict[str, str | None]) -> Any:
+    try:
+        return BaseXCom.serialize_value(value)
+    except Exception as exc:
+        raise UnsupportedXComValueError(
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: a {type(value).__module__}."
+            f"{type(value).__qualname__} can go neither to Vineyard (numpy arrays, pandas "
+            "DataFrames/Series, pyarrow Tables/RecordBatches/Arrays) nor through Airflow's JSON "
+            f"serialisation ({type(exc).__name__}: {exc}). Return one of those types, or JSON-able "
+            "data (dict, list, str, numbers)."
+        ) from exc
+
+
+def _store(
+    encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
+) -> VineyardReference:
+    import vineyard
+
+    hook = backend_hook()
+    client = hook.get_conn()
+    index = -1 if map_index is None else int(map_index)
+    name = xcom_object_name(prefix=config.get("name_prefix"), map_index=index, **scope)
+    try:
+        previous = client.get_name(name)
+    except vineyard.ObjectNotExistsException:
+        previous = None
+    try:
+        object_id = client.put(encoded.payload, persist=True)
+    except Exception as exc:
+        raise FluidAirflowError(
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: vineyardd refused the "
+            f"{encoded.type} ({type(exc).__name__}: {exc}). If it is out of memory, free objects or "
+            "start vineyardd with a larger --size."
+        ) from exc
+    try:
+        meta = client.get_meta(object_id)
+        ref = VineyardReference(
+            object_id=repr(object_id),
+            name=name,
+            type=encoded.type,
+            encoding=encoded.encoding,
+            typename=meta.typename,
+            bytes=int(meta.memory_usage),
+            map_index=index,
+            host=_hostname(client),
+            instance_id=int(client.instance_id),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            shape=encoded.shape,
+            dtype=encoded.dtype,
+            columns=encoded.columns,
+            extra=encoded.extra,
+            **scope,
+        )
+        if meta.typename == "vineyard::PickleBuffer":
+            raise VineyardReadBackError(
+                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
+                f"{encoded.type}; such objects cannot be read back reliably by other processes. "
+                "Nothing was recorded."
+            )
+        codec.check_read_back(encoded, original, client.get(object_id), ref)
+        client.put_name(object_id, name)
+    except BaseException:
+        client.delete(object_id)
+        raise
+    if previous is not None and previous != object_id:
+        _delete_quietly(client, previous)  # the retried/cleared task's earlier object
+    log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
+    return ref
+
+
+def _hostname(client: Any) -> str:
+    try:
+        return str(client.meta[client.instance_id]["hostname"])
+    except Exception:
+        return socket.gethostname()
+
+
+def resolve(ref: VineyardReference) -> Any:
+    """Fetch the object behind ``ref`` and rebuild the producer's value.
+
+    :raises VineyardObjectLostError: no object with the reference's id, or its type changed.
+    """
+    import vineyard
+
+    client = backend_hook().get_conn()
+    object_id = vineyard.ObjectID(ref.object_id)
+    try:
+        meta = client.get_meta(object_id)
+    except vineyard.ObjectNotExistsException as exc:
+        raise _lost(ref, "no such object in vineyardd") from exc
+    if meta.typename != ref.typename:
+        raise _lost(ref, f"the id now holds a {meta.typename}, not the {ref.typename} stored")
+    if ref.encoding == "json":
+        text = codec.decode(client.get(object_id), ref)
+        return BaseXCom.deserialize_value(_Result(json.loads(text)))
+    return codec.decode(client.get(object_id), ref)
+
+
+def _lost(ref: VineyardReference, cause: str) -> VineyardObjectLostError:
+    return VineyardObjectLostError(
+        f"XCom {ref.key!r} of task {ref.producer!r} in DAG run {ref.run_id!r} of DAG {ref.dag_id!r} "
+        f"refers to Vineyard object {ref.object_id} ({ref.name}), which is gone: {cause}. Vineyard "
+        "objects are lost when vineyardd restarts or when the run's objects were released. Fix: clear "
+        f"task {ref.task_id!r} in that DAG run (UI: Clear, or `airflow tasks clear {ref.dag_id} -t "
+        f"'^{ref.task_id}$'`) so it recomputes the value, then re-run this task."
+    )
+
+
+def release(ref: VineyardReference) -> bool:
+    """Delete the object behind ``ref`` and its name (if the name still points at it).
+
+    :returns: True when an object was deleted, False when it was already gone.
+    """
+    import vineyard
+
+    client = backend_hook().get_conn()
+    object_id = vineyard.ObjectID(ref.object_id)
+    try:
+        if client.get_name(ref.name) == object_id:
+            client.drop_name(ref.name)
+    except vineyard.ObjectNotExistsException:
+        pass
+    return _delete_quietly(client, object_id)
+
+
+def _delete_quietly(client: Any, object_id: Any) -> bool:
+    import vineyard
+
+    try:
+        client.get_meta(object_id)
+    except vineyard.ObjectNotExistsException:
+        return False
+    client.delete(object_id)
+    return True
