@@ -100,7 +100,7 @@ def encode(value: Any) -> Encoded:
             extra=_small_string_fields(table.schema),
         )
     if isinstance(value, pa.Array):
-        extra = {"cast": str(value.type)} if value.type in (pa.string(), pa.binary()) else {}
+        extra = {"narrow": True} if _widen(value.type) != value.type else {}
         return Encoded(
             payload=value,
             type="pyarrow.Array",
@@ -173,7 +173,14 @@ def _encode_dataframe(df: Any) -> Encoded:
         isinstance(c, (str, int)) for c in df.columns
     )
     if labels_ok and _native_index(df.index) and all(_native_column(df[c]) for c in df.columns):
-        return Encoded(payload=df, type="pandas.DataFrame", encoding="vineyard", shape=shape, columns=columns)
+        return Encoded(
+            payload=df,
+            type="pandas.DataFrame",
+            encoding="vineyard",
+            shape=shape,
+            columns=columns,
+            extra=_index_freq(df.index),
+        )
     return Encoded(
         payload=_to_arrow(df, "DataFrame"),
         type="pandas.DataFrame",
@@ -191,9 +198,15 @@ def _encode_series(series: Any) -> Encoded:
         )
     base = {"type": "pandas.Series", "shape": [len(series)], "dtype": str(series.dtype)}
     if _native_column(series) and _native_index(series.index) and isinstance(name, (str, type(None))):
-        return Encoded(payload=series, encoding="vineyard", **base)
+        return Encoded(payload=series, encoding="vineyard", extra=_index_freq(series.index), **base)
     table = _to_arrow(series.to_frame(name="values"), "Series")
     return Encoded(payload=table, encoding="arrow", extra={"series_name": name}, **base)
+
+
+def _index_freq(index: Any) -> dict[str, Any]:
+    """A DatetimeIndex's ``freq`` (e.g. ``D``), which Vineyard drops; restored on read."""
+    freq = getattr(index, "freqstr", None)
+    return {"index_freq": freq} if freq else {}
 
 
 def _to_arrow(frame: Any, what: str) -> Any:
@@ -210,11 +223,38 @@ def _to_arrow(frame: Any, what: str) -> Any:
 
 
 def _small_string_fields(schema: Any) -> dict[str, Any]:
-    """Columns of 32-bit-offset string/binary type, which Vineyard returns as ``large_*``."""
+    """Columns whose type has 32-bit offsets (string, binary, list), which Vineyard widens to
+    their ``large_*`` forms; :func:`decode` narrows them back."""
+    idx = [i for i, f in enumerate(schema) if _widen(f.type) != f.type]
+    return {"cast_columns": idx} if idx else {}
+
+
+def _widen(t: Any) -> Any:
     import pyarrow as pa
 
-    idx = [i for i, f in enumerate(schema) if f.type in (pa.string(), pa.binary())]
-    return {"cast_columns": idx} if idx else {}
+    if t == pa.string():
+        return pa.large_string()
+    if t == pa.binary():
+        return pa.large_binary()
+    if pa.types.is_list(t):
+        return pa.large_list(t.value_field.with_type(_widen(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_widen(t.field(i).type)) for i in range(t.num_fields)])
+    return t
+
+
+def _narrow(t: Any) -> Any:
+    import pyarrow as pa
+
+    if t == pa.large_string():
+        return pa.string()
+    if t == pa.large_binary():
+        return pa.binary()
+    if pa.types.is_large_list(t):
+        return pa.list_(t.value_field.with_type(_narrow(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_narrow(t.field(i).type)) for i in range(t.num_fields)])
+    return t
 
 
 def decode(stored: Any, ref: VineyardReference) -> Any:
@@ -224,7 +264,6 @@ def decode(stored: Any, ref: VineyardReference) -> Any:
     Arrow ``string`` columns: those columns are copied). ``arrow`` encoding copies.
     """
     import numpy as np
-    import pyarrow as pa
 
     extra = ref.extra or {}
     if ref.encoding == "json":
@@ -237,13 +276,19 @@ def decode(stored: Any, ref: VineyardReference) -> Any:
     if ref.type == "numpy.ndarray" and "astype" in extra:
         return np.asarray(stored).astype(extra["astype"])
     if ref.type in ("pyarrow.Table", "pyarrow.RecordBatch", "pyarrow.ChunkedArray"):
+        schema = stored.schema
         for i in extra.get("cast_columns", []):
-            f = stored.schema.field(i)
-            small = pa.string() if pa.types.is_large_string(f.type) else pa.binary()
-            stored = stored.cast(stored.schema.set(i, f.with_type(small)))
+            schema = schema.set(i, schema.field(i).with_type(_narrow(schema.field(i).type)))
+        if extra.get("cast_columns"):
+            stored = stored.cast(schema)
         return stored.column(0) if ref.type == "pyarrow.ChunkedArray" else stored
-    if ref.type == "pyarrow.Array" and "cast" in extra:
-        return stored.cast(pa.type_for_alias(extra["cast"]))
+    if ref.type == "pyarrow.Array" and extra.get("narrow"):
+        return stored.cast(_narrow(stored.type))
+    if "index_freq" in extra:
+        import pandas as pd
+
+        # A new index object over the same values; the data stays zero-copy.
+        stored.index = pd.DatetimeIndex(stored.index, freq=extra["index_freq"])
     return stored
 
 

@@ -1,0 +1,114 @@
+"""Shared fixtures: a real vineyardd and a real Airflow (SQLite) for the whole test session.
+
+Airflow reads its configuration when first imported, so the environment is set here, at
+import time, before any test module imports ``airflow``. Every daemon started here is stopped
+by process id at the end of the session; temporary folders are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BACKEND = "fluid_airflow.vineyard.xcom.VineyardXComBackend"
+
+# Short paths: a UNIX socket path must fit in 107 bytes.
+_HOME = Path(tempfile.mkdtemp(prefix="fa-home-"))
+_RUNTIME = Path(tempfile.mkdtemp(prefix="fa-", dir="/tmp"))
+_DAGS = _HOME / "dags"
+_DAGS.mkdir()
+for dag_file in [*sorted((REPO / "dags").glob("*.py")), *sorted((REPO / "tests" / "dags").glob("*.py"))]:
+    (_DAGS / dag_file.name).symlink_to(dag_file)
+
+AIRFLOW_ENV = {
+    "AIRFLOW_HOME": str(_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(_DAGS),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__XCOM_BACKEND": BACKEND,
+    "AIRFLOW__FLUID__RUNTIME_DIR": str(_RUNTIME),
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+}
+os.environ.update(AIRFLOW_ENV)
+
+
+@pytest.fixture(scope="session")
+def vineyardd():
+    """A local vineyardd (2 GiB, ``--meta local``, no RPC) in the session's runtime dir."""
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    daemon = LocalVineyardd(_RUNTIME)
+    daemon.start("2Gi")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def vineyard_client(vineyardd):
+    """This process's Vineyard client for the session's vineyardd."""
+    from fluid_airflow.vineyard.xcom import backend_hook
+
+    return backend_hook().get_conn()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME."""
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, env=os.environ)
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(_DAGS))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+@pytest.fixture
+def run_dag(dagbag, vineyardd):
+    """Run a DAG of the test DAGs folder with ``dag.test()`` and return its DagRun."""
+
+    def run(dag_id: str, conf: dict | None = None):
+        return dagbag.get_dag(dag_id).test(run_conf=conf)
+
+    return run
+
+
+def xcom_rows(dag_id: str, run_id: str) -> list:
+    """The XCom rows (``XComModel``) of one DAG run, straight from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == run_id).all()
+        session.expunge_all()
+        return rows
+
+
+def task_states(dag_run) -> dict[tuple[str, int], str]:
+    """``{(task_id, map_index): state}`` of a DagRun returned by ``dag.test()``."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
+        )
+        return {(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HOME, ignore_errors=True)
+    shutil.rmtree(_RUNTIME, ignore_errors=True)

@@ -1,0 +1,199 @@
+"""The Vineyard XCom backend against a real vineyardd: round trips, references, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections import namedtuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from fluid_airflow.exceptions import UnsupportedXComValueError, VineyardObjectLostError
+from fluid_airflow.vineyard.naming import split_xcom_object_name
+from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
+
+Result = namedtuple("Result", ["value"])
+SCOPE = {"dag_id": "d", "run_id": "manual__2026-11-29T00:00:00+00:00", "task_id": "t", "map_index": -1}
+
+
+def push(value, key="return_value", **scope):
+    """serialize_value as Airflow's XCom.set calls it; returns the JSON that lands in the DB."""
+    stored = Backend.serialize_value(value, key=key, **{**SCOPE, **scope})
+    return json.loads(json.dumps(stored))  # exactly what the DB keeps
+
+
+def pull(db_value):
+    return Backend.deserialize_value(Result(db_value))
+
+
+def used(client) -> int:
+    return int(client.status.memory_usage)
+
+
+VALUES = {
+    "ndarray_f64": np.random.default_rng(0).random((300, 7)),
+    "ndarray_i32": np.arange(100, dtype=np.int32),
+    "ndarray_bool": np.array([True, False, True]),
+    "ndarray_fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    "ndarray_strided": np.arange(40.0)[::3],
+    "ndarray_datetime": np.array(["2020-01-01", "2021-06-30"], dtype="datetime64[ns]"),
+    "ndarray_str": np.array(["a", "bb", "ccc"]),
+    "ndarray_0d": np.array(2.5),
+    "ndarray_empty": np.zeros((0, 3)),
+    "df_numeric": pd.DataFrame({"a": np.arange(5.0), "b": np.arange(5)}),
+    "df_string_cols": pd.DataFrame({"s": ["x", None, "z"], "n": [1.0, 2.0, 3.0]}),
+    "df_datetime": pd.DataFrame(
+        {"t": pd.to_datetime(["2020-01-01", "2020-01-02"]), "tz": pd.to_datetime(["2020-01-01"] * 2, utc=True)}
+    ),
+    "df_categorical": pd.DataFrame({"c": pd.Categorical(["a", "b", "a"]), "v": [1, 2, 3]}),
+    "df_nullable": pd.DataFrame(
+        {"i": pd.array([1, None, 3], dtype="Int64"), "s": pd.array(["x", None, "z"], dtype="string")}
+    ),
+    "df_string_index": pd.DataFrame({"v": [1.0, 2.0]}, index=pd.Index(["r1", "r2"], name="row")),
+    "df_datetime_index": pd.DataFrame({"v": [1.0, 2.0]}, index=pd.date_range("2020-01-01", periods=2, name="day")),
+    "df_range_index_step": pd.DataFrame({"v": [1, 2, 3]}, index=pd.RangeIndex(10, 16, 2)),
+    "df_multiindex": pd.DataFrame({"a": [1, 2], "b": ["x", "y"], "v": [0.1, 0.2]}).set_index(["a", "b"]),
+    "df_multicolumns": pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])),
+    "df_empty": pd.DataFrame({"a": pd.Series([], dtype=float)}),
+    "series_named": pd.Series([1.0, 2.0], name="x", index=["a", "b"]),
+    "series_categorical": pd.Series(pd.Categorical(["a", "b"]), name="c"),
+    "series_unnamed_nullable": pd.Series(pd.array([1, None], dtype="Int64")),
+    "arrow_table": pa.table({"a": [1, 2], "s": ["x", "y"], "l": [[1], [2, 3]]}),
+    "arrow_table_pandas_meta": pa.Table.from_pandas(pd.DataFrame({"c": pd.Categorical(["a", "b"])})),
+    "arrow_record_batch": pa.record_batch({"a": [1.5, 2.5], "s": ["x", "y"]}),
+    "arrow_array": pa.array([1, 2, None]),
+    "arrow_string_array": pa.array(["a", None]),
+    "arrow_chunked_array": pa.chunked_array([[1, 2], [3]]),
+}
+
+
+def assert_same(got, want):
+    if isinstance(want, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, want)
+    elif isinstance(want, pd.Series):
+        pd.testing.assert_series_equal(got, want)
+    elif isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert type(got) is type(want)
+        assert got.equals(want), (got, want)
+
+
+@pytest.mark.parametrize("name", list(VALUES))
+def test_round_trip_keeps_value_dtype_and_index(vineyardd, name):
+    value = VALUES[name]
+    db_value = push(value, key=name)
+    assert is_reference(db_value)
+    assert_same(pull(db_value), value)
+
+
+def test_reference_is_small_readable_json(vineyardd):
+    df = pd.DataFrame({f"col_{i}_with_a_rather_long_name": np.arange(10.0) for i in range(200)})
+    db_value = push(df, key="wide")
+    text = json.dumps(db_value)
+    assert len(text) < 2048
+    ref = VineyardReference.from_json(db_value)
+    assert ref.type == "pandas.DataFrame" and ref.shape == [10, 200]
+    assert ref.bytes >= df.values.nbytes
+    assert ref.object_id.startswith("o") and ref.host and ref.created
+    assert split_xcom_object_name(ref.name) == {"prefix": "airflow", **SCOPE, "key": "wide"}
+
+
+def test_native_values_are_zero_copy_views(vineyard_client):
+    arr = np.random.default_rng(1).random(1 << 16)
+    got = pull(push(arr, key="zc"))
+    assert not got.flags.writeable and not got.flags.owndata
+    assert vineyard_client.is_shared_memory(got.ctypes.data)
+    df = pd.DataFrame({"a": arr})
+    got_df = pull(push(df, key="zc_df"))
+    assert vineyard_client.is_shared_memory(got_df["a"].to_numpy().ctypes.data)
+
+
+def test_small_json_stays_inline_and_large_json_goes_to_vineyard(vineyardd, monkeypatch):
+    assert push({"rmse": 1.5, "r2": 0.8}) == {"rmse": 1.5, "r2": 0.8}
+    assert push(3) == 3 and push("text") == "text" and push(None) is None
+    big = {"values": list(range(20_000))}
+    db_value = push(big, key="big")
+    assert is_reference(db_value) and db_value["encoding"] == "json"
+    assert pull(db_value) == big
+    monkeypatch.setenv("AIRFLOW__FLUID__INLINE_THRESHOLD", str(10**7))
+    assert push(big, key="big2") == big
+
+
+def test_two_runs_get_distinct_objects(vineyardd):
+    a = push(np.zeros(10), run_id="scheduled__2026-01-01")
+    b = push(np.ones(10), run_id="scheduled__2026-01-02")
+    assert a["name"] != b["name"] and a["object_id"] != b["object_id"]
+    assert pull(a).sum() == 0 and pull(b).sum() == 10
+
+
+def test_repush_replaces_earlier_object_without_orphan(vineyard_client):
+    push(np.zeros(1000), key="retry")  # make sure the name exists first
+    before = used(vineyard_client)
+    first = push(np.zeros(100_000), key="retry")
+    second = push(np.ones(100_000), key="retry")
+    assert first["object_id"] != second["object_id"]
+    with pytest.raises(VineyardObjectLostError):
+        pull(first)
+    assert pull(second).sum() == 100_000
+    Backend.purge(Result(second))
+    assert used(vineyard_client) <= before
+
+
+def test_purge_accepts_json_text_and_frees_memory(vineyard_client):
+    before = used(vineyard_client)
+    db_value = push(np.zeros(200_000), key="purge_me")
+    assert used(vineyard_client) >= before + 1_600_000
+    Backend.purge(Result(json.dumps(db_value)))
+    assert used(vineyard_client) == before
+    Backend.purge(Result(json.dumps(db_value)))  # already gone: no error
+
+
+def test_missing_object_error_names_run_task_and_fix(vineyard_client):
+    db_value = push(np.arange(5.0), key="lost", task_id="make_features", run_id="manual__lost")
+    vineyard_client.delete(vineyard_client.get_name(db_value["name"]))
+    with pytest.raises(VineyardObjectLostError) as err:
+        pull(db_value)
+    message = str(err.value)
+    assert "manual__lost" in message and "make_features" in message and "clear" in message.lower()
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        (lambda x: x, "function"),
+        (threading.Lock(), "lock"),
+        (np.array([{"a": 1}, 2], dtype=object), "object"),
+        (pd.DataFrame([[1, 2]], columns=["a", "a"]), "duplicate"),
+        (pd.DataFrame({"o": [{"a": 1}, 2]}), "mixed-type"),
+    ],
+    ids=["lambda", "lock", "object-ndarray", "duplicate-columns", "mixed-object-column"],
+)
+def test_unsupported_value_fails_at_push_and_stores_nothing(vineyard_client, value, fragment):
+    before = used(vineyard_client)
+    with pytest.raises(UnsupportedXComValueError) as err:
+        push(value, key="bad")
+    assert fragment in str(err.value).lower()
+    assert used(vineyard_client) == before
+
+
+def test_pushed_reference_is_kept_as_is(vineyardd):
+    db_value = push(np.arange(3.0), key="from_pod")
+    assert push(db_value, key="again") == db_value
+
+
+def test_importing_backend_does_not_import_or_connect_vineyard():
+    code = (
+        "import sys; import fluid_airflow.vineyard.xcom, fluid_airflow.hooks.vineyard; "
+        "print('vineyard' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
