@@ -49,14 +49,19 @@ VALUES = {
     "df_numeric": pd.DataFrame({"a": np.arange(5.0), "b": np.arange(5)}),
     "df_string_cols": pd.DataFrame({"s": ["x", None, "z"], "n": [1.0, 2.0, 3.0]}),
     "df_datetime": pd.DataFrame(
-        {"t": pd.to_datetime(["2020-01-01", "2020-01-02"]), "tz": pd.to_datetime(["2020-01-01"] * 2, utc=True)}
+        {
+            "t": pd.to_datetime(["2020-01-01", "2020-01-02"]),
+            "tz": pd.to_datetime(["2020-01-01"] * 2, utc=True),
+        }
     ),
     "df_categorical": pd.DataFrame({"c": pd.Categorical(["a", "b", "a"]), "v": [1, 2, 3]}),
     "df_nullable": pd.DataFrame(
         {"i": pd.array([1, None, 3], dtype="Int64"), "s": pd.array(["x", None, "z"], dtype="string")}
     ),
     "df_string_index": pd.DataFrame({"v": [1.0, 2.0]}, index=pd.Index(["r1", "r2"], name="row")),
-    "df_datetime_index": pd.DataFrame({"v": [1.0, 2.0]}, index=pd.date_range("2020-01-01", periods=2, name="day")),
+    "df_datetime_index": pd.DataFrame(
+        {"v": [1.0, 2.0]}, index=pd.date_range("2020-01-01", periods=2, name="day")
+    ),
     "df_range_index_step": pd.DataFrame({"v": [1, 2, 3]}, index=pd.RangeIndex(10, 16, 2)),
     "df_multiindex": pd.DataFrame({"a": [1, 2], "b": ["x", "y"], "v": [0.1, 0.2]}).set_index(["a", "b"]),
     "df_multicolumns": pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])),
@@ -183,6 +188,36 @@ def test_unsupported_value_fails_at_push_and_stores_nothing(vineyard_client, val
         push(value, key="bad")
     assert fragment in str(err.value).lower()
     assert used(vineyard_client) == before
+
+
+def test_value_read_from_vineyard_can_be_pushed_again(vineyardd):
+    # Consumers often return (a slice of) what they received: a vineyard ndarray subclass.
+    got = pull(push(np.arange(10.0), key="first"))
+    assert type(got) is not np.ndarray
+    again = pull(push(got[2:], key="second"))
+    np.testing.assert_array_equal(again, np.arange(2.0, 10.0))
+    frame = pull(push(pd.DataFrame({"a": np.arange(3.0)}), key="frame"))
+    pd.testing.assert_frame_equal(pull(push(frame, key="frame2")), frame)
+
+
+def test_containers_of_arrays_store_each_leaf(vineyard_client):
+    value = {"X": np.ones((4, 2)), "parts": (pd.DataFrame({"a": [1, 2]}), [np.zeros(3), "label"]), "n": 7}
+    db_value = push(value, key="bundle")
+    assert len(json.dumps(db_value)) < 2048
+    got = pull(db_value)
+    np.testing.assert_array_equal(got["X"], value["X"])
+    assert isinstance(got["parts"], tuple) and got["parts"][1][1] == "label" and got["n"] == 7
+    pd.testing.assert_frame_equal(got["parts"][0], value["parts"][0])
+    before = used(vineyard_client)
+    Backend.purge(namedtuple("XComResult", ["key", "value"])("bundle", db_value))
+    assert used(vineyard_client) < before
+    with pytest.raises(VineyardObjectLostError):
+        pull(db_value)
+
+
+def test_container_with_bad_key_fails_at_push(vineyardd):
+    with pytest.raises(UnsupportedXComValueError, match="str keys"):
+        push({1: np.zeros(2)}, key="badkey")
 
 
 def test_pushed_reference_is_kept_as_is(vineyardd):

@@ -50,7 +50,9 @@ def is_vineyard_type(value: object) -> bool:
 
     Checks the module name first so plain values never import numpy, pandas or pyarrow.
     """
-    if type(value).__module__.split(".")[0] not in VINEYARD_MODULES:
+    # MRO, not just the type: values read from Vineyard are subclasses such as
+    # vineyard.data.tensor.ndarray, and users subclass DataFrame.
+    if not any(c.__module__.split(".")[0] in VINEYARD_MODULES for c in type(value).__mro__):
         return False
     import numpy as np
     import pandas as pd

@@ -20,6 +20,7 @@ MARKER = "__vineyard_ref__"
 VERSION = 1
 MAX_COLUMNS = 16
 MAX_LABEL = 48
+_DERIVED = {"dag_id", "run_id", "task_id", "map_index", "key", "host", "created", "columns", "instance_id"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,16 @@ class VineyardReference:
     columns: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the JSON-able dict stored in Airflow's DB (None fields are left out)."""
+    def to_json(self, compact: bool = False) -> dict[str, Any]:
+        """Return the JSON-able dict stored in Airflow's DB (None fields are left out).
+
+        ``compact=True`` leaves out what the name already says (DAG, run, task, map index, key)
+        and the descriptive fields, for references nested in a container (:mod:`.tree`).
+        """
         data: dict[str, Any] = {MARKER: VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or (f.name == "extra" and not value):
+            if value is None or (f.name == "extra" and not value) or (compact and f.name in _DERIVED):
                 continue
             data[f.name] = value
         return data
@@ -78,7 +83,13 @@ class VineyardReference:
         if data.get(MARKER) != VERSION:
             raise ValueError(f"not a Vineyard XCom reference of version {VERSION}: {data!r:.200}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = {k: v for k, v in data.items() if k in names}
+        if "dag_id" not in fields:  # compact form: the scope comes from the name
+            from fluid_airflow.vineyard.naming import split_xcom_object_name
+
+            scope = split_xcom_object_name(fields["name"])
+            fields.update({k: scope[k] for k in ("dag_id", "run_id", "task_id", "map_index", "key")})
+        return cls(**fields)
 
     @property
     def producer(self) -> str:

@@ -36,13 +36,18 @@ from fluid_airflow.exceptions import (
     VineyardReadBackError,
 )
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard import codec
+from fluid_airflow.vineyard import codec, tree
 from fluid_airflow.vineyard.naming import xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 log = logging.getLogger(__name__)
 
 _Result = namedtuple("_Result", ["value"])
+
+# Values this task instance pushed, by key, so that the whole-dict ``return_value`` push that
+# Airflow makes after the per-key pushes of ``multiple_outputs`` reuses those objects instead of
+# storing every array twice. Holds at most one task instance's pushes; cleared at return_value.
+_pushed: dict[str, Any] = {"scope": None, "order": []}
 
 
 def backend_hook() -> VineyardHook:
@@ -76,19 +81,26 @@ class VineyardXComBackend(BaseXCom):
         :raises VineyardReadBackError: Vineyard cannot give the value back intact.
         :raises VineyardConnectionError: vineyardd does not answer.
         """
-        if is_reference(value):
+        if is_reference(value) or tree.is_tree(value):
             return value  # already in Vineyard (e.g. returned by a pod): keep the reference
         scope = {"key": key, "task_id": task_id, "dag_id": dag_id, "run_id": run_id}
         if codec.is_vineyard_type(value):
             _require_scope(scope, type(value))
-            encoded = codec.encode(value)
-            return _store(encoded, value, scope, map_index).to_json()
+            ref = _store(codec.encode(value), value, scope, map_index).to_json()
+            _remember(scope, map_index, value, ref)
+            return ref
+        if tree.contains_vineyard(value):
+            _require_scope(scope, type(value))
+            return _store_tree(value, scope, map_index)
         serialized = _serde(value, scope)
         text = json.dumps(serialized)
         if len(text.encode("utf-8")) < config.get_int("inline_threshold"):
+            _remember(scope, map_index, value, None)
             return serialized
         _require_scope(scope, type(value))
-        return _store(codec.encode_json(text), text, scope, map_index).to_json()
+        ref = _store(codec.encode_json(text), text, scope, map_index).to_json()
+        _remember(scope, map_index, value, None)  # JSON text is not reused: it is not the object
+        return ref
 
     @staticmethod
     def deserialize_value(result: Any) -> Any:
@@ -102,6 +114,12 @@ class VineyardXComBackend(BaseXCom):
         """
         if is_reference(result.value):
             return resolve(VineyardReference.from_json(result.value))
+        if tree.is_tree(result.value):
+            return tree.from_tree(
+                result.value,
+                lambda ref: resolve(VineyardReference.from_json(ref)),
+                lambda plain: BaseXCom.deserialize_value(_Result(plain)),
+            )
         return BaseXCom.deserialize_value(result)
 
     @classmethod
@@ -117,13 +135,20 @@ class VineyardXComBackend(BaseXCom):
                 value = json.loads(value)
             except ValueError:
                 return
-        if not is_reference(value):
+        if is_reference(value):
+            refs = [VineyardReference.from_json(value)]
+        elif tree.is_tree(value):
+            # Only the leaves this XCom owns; multiple_outputs leaves belong to their own keys.
+            key = getattr(xcom, "key", None)
+            leaves = [VineyardReference.from_json(r) for r in tree.tree_refs(value)]
+            refs = [r for r in leaves if (r.key.startswith(f"{key}.") if key else "." in r.key)]
+        else:
             return
-        ref = VineyardReference.from_json(value)
-        try:
-            release(ref)
-        except Exception as exc:
-            log.warning("Could not release Vineyard object %s (%s): %s", ref.object_id, ref.name, exc)
+        for ref in refs:
+            try:
+                release(ref)
+            except Exception as exc:
+                log.warning("Could not release Vineyard object %s (%s): %s", ref.object_id, ref.name, exc)
 
 
 def _require_scope(scope: dict[str, str | None], kind: type) -> None:
@@ -133,6 +158,46 @@ def _require_scope(scope: dict[str, str | None], kind: type) -> None:
             f"Cannot store a {kind.__name__} in Vineyard without {', '.join(missing)}: the object name is "
             "scoped by DAG run, task and key. Push XComs from a running task (return or ti.xcom_push)."
         )
+
+
+def _remember(scope: dict[str, Any], map_index: int | None, value: Any, ref: dict[str, Any] | None) -> None:
+    current = (scope["dag_id"], scope["run_id"], scope["task_id"], map_index)
+    if _pushed["scope"] != current:
+        _pushed.update(scope=current, order=[])
+    _pushed["order"].append((scope["key"], value, ref))
+
+
+def _multiple_outputs_pushes(value: Any, scope: dict[str, Any], map_index: int | None) -> dict[str, Any]:
+    """The per-key pushes to reuse for this ``return_value`` dict, or {}.
+
+    Reused only for the exact pattern of a ``multiple_outputs`` task: the last pushes of this
+    task instance were each key of this very dict, in order, with these very objects, and now
+    the dict itself is pushed as ``return_value`` (task_runner._push_xcom_if_needed, task-sdk
+    1.3.2, makes those pushes back to back, with no user code in between).
+    """
+    current = (scope["dag_id"], scope["run_id"], scope["task_id"], map_index)
+    if scope["key"] != BaseXCom.XCOM_RETURN_KEY or not isinstance(value, dict) or _pushed["scope"] != current:
+        return {}
+    recent = _pushed["order"][-len(value) :] if value else []
+    if [k for k, _, _ in recent] != list(value) or any(value[k] is not v for k, v, _ in recent):
+        return {}
+    return {k: (v, ref) for k, v, ref in recent if ref is not None}
+
+
+def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dict[str, Any]:
+    siblings = _multiple_outputs_pushes(value, scope, map_index)
+
+    def store(leaf: Any, path: list[str]) -> dict[str, Any]:
+        if len(path) == 1 and path[0] in siblings and siblings[path[0]][0] is leaf:
+            return VineyardReference.from_json(siblings[path[0]][1]).to_json(compact=True)
+        leaf_scope = {**scope, "key": ".".join([scope["key"], *path])}
+        return _store(codec.encode(leaf), leaf, leaf_scope, map_index).to_json(compact=True)
+
+    try:
+        return tree.to_tree(value, store, lambda plain: _serde(plain, scope))
+    finally:
+        if scope["key"] == BaseXCom.XCOM_RETURN_KEY:
+            _pushed.update(scope=None, order=[])  # the last push of a task instance
 
 
 def _serde(value: Any, scope: dict[str, str | None]) -> Any:

@@ -1,0 +1,102 @@
+"""XCom values that are containers (dict, list, tuple) holding arrays, DataFrames or Arrow data.
+
+A task returning ``{"X": ndarray, "y": ndarray}`` (with or without ``multiple_outputs``) or a
+tuple of DataFrames must work like returning one array. Each Vineyard-type leaf becomes its
+own object; the container becomes a tagged JSON tree stored in the DB row::
+
+    {"__vineyard_tree__": 1, "value": {"dict": {"X": {"ref": {...}}, "n": {"value": 3}}}}
+
+Tags: ``ref`` (a compact :class:`VineyardReference`), ``dict`` (str keys only), ``list``,
+``tuple``, ``value`` (anything else, in Airflow's serde form). One tag per node keeps the tree
+unambiguous whatever keys a user's dict has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fluid_airflow.exceptions import UnsupportedXComValueError
+from fluid_airflow.vineyard import codec
+
+TREE_MARKER = "__vineyard_tree__"
+MAX_DEPTH = 16
+
+
+def is_tree(value: object) -> bool:
+    """True for the DB form produced by :func:`to_tree`."""
+    return isinstance(value, dict) and TREE_MARKER in value
+
+
+def contains_vineyard(value: object, depth: int = 0) -> bool:
+    """True when a dict/list/tuple holds a Vineyard-type value at any depth up to :data:`MAX_DEPTH`."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return any(contains_vineyard(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(contains_vineyard(v, depth + 1) for v in value)
+    return codec.is_vineyard_type(value)
+
+
+def to_tree(
+    value: Any, store: Callable[[Any, list[str]], dict[str, Any]], plain: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """Return the DB form of a container; ``store(leaf, path)`` stores one leaf and returns its
+    compact reference, ``plain(v)`` serialises any other leaf (Airflow serde).
+
+    :raises UnsupportedXComValueError: a dict key is not a str.
+    """
+
+    def node(v: Any, path: list[str]) -> dict[str, Any]:
+        if codec.is_vineyard_type(v):
+            return {"ref": store(v, path)}
+        if isinstance(v, dict):
+            bad = [k for k in v if not isinstance(k, str)]
+            if bad:
+                raise UnsupportedXComValueError(
+                    f"dict key {bad[0]!r} at {'.'.join(path) or 'top level'} is a {type(bad[0]).__name__}: a "
+                    "dict holding arrays or DataFrames needs str keys. Convert the keys with str()."
+                )
+            return {"dict": {k: node(x, [*path, k]) for k, x in v.items()}}
+        if isinstance(v, (list, tuple)):
+            tag = "list" if isinstance(v, list) else "tuple"
+            return {tag: [node(x, [*path, str(i)]) for i, x in enumerate(v)]}
+        return {"value": plain(v)}
+
+    return {TREE_MARKER: 1, "value": node(value, [])}
+
+
+def from_tree(
+    tree: dict[str, Any], resolve: Callable[[dict[str, Any]], Any], plain: Callable[[Any], Any]
+) -> Any:
+    """Rebuild the container; ``resolve(ref)`` fetches a leaf, ``plain(v)`` deserialises others."""
+
+    def build(n: dict[str, Any]) -> Any:
+        if "ref" in n:
+            return resolve(n["ref"])
+        if "dict" in n:
+            return {k: build(x) for k, x in n["dict"].items()}
+        if "list" in n:
+            return [build(x) for x in n["list"]]
+        if "tuple" in n:
+            return tuple(build(x) for x in n["tuple"])
+        return plain(n["value"])
+
+    return build(tree["value"])
+
+
+def tree_refs(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every compact reference in a tree, depth first."""
+    found: list[dict[str, Any]] = []
+
+    def walk(n: dict[str, Any]) -> None:
+        if "ref" in n:
+            found.append(n["ref"])
+        for child in n.get("dict", {}).values():
+            walk(child)
+        for child in n.get("list", n.get("tuple", [])):
+            walk(child)
+
+    walk(tree["value"])
+    return found

@@ -1,0 +1,133 @@
+"""Real Airflow (dag.test() on SQLite) with the Vineyard XCom backend and a real vineyardd."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import BIN, task_states, xcom_rows
+
+from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+
+
+def values(dag_run) -> dict[tuple[str, int, str], object]:
+    return {(x.task_id, x.map_index, x.key): x.value for x in xcom_rows(dag_run.dag_id, dag_run.run_id)}
+
+
+def test_every_type_round_trips_through_airflow(run_dag):
+    dr = run_dag("fa_types")
+    assert str(dr.state) == "success"
+    result = values(dr)[("check", -1, "return_value")]
+    assert result == {k: True for k in result} and len(result) == 7
+    refs = [v for (t, _, _), v in values(dr).items() if t == "make"]
+    assert len(refs) == 7 and all(is_reference(r) for r in refs)
+
+
+def test_mapped_producer_through_every_pull_path(run_dag):
+    dr = run_dag("fa_mapped")
+    assert str(dr.state) == "success"
+    got = values(dr)
+    assert got[("consume_all", -1, "return_value")] == [1.0, 2.0, 3.0]
+    assert got[("pull_paths", -1, "return_value")] == {"single": 2.0, "every": [1.0, 2.0, 3.0]}
+    assert [got[("consume_one", i, "return_value")] for i in range(3)] == [1000.0, 2000.0, 3000.0]
+    names = {got[("produce", i, "return_value")]["name"] for i in range(3)}
+    assert len(names) == 3
+
+
+def test_retried_task_leaves_no_orphan_object(run_dag, vineyard_client):
+    before = int(vineyard_client.status.memory_usage)
+    dr = run_dag("fa_retry")
+    assert str(dr.state) == "success"
+    got = values(dr)
+    assert got[("consume", -1, "return_value")] == {"total": 7.0 * 250_000, "partial_try": 2.0}
+    refs = [VineyardReference.from_json(v) for v in got.values() if is_reference(v)]
+    assert {r.key for r in refs} == {"partial", "return_value"}
+    # Only the second try's two objects remain: the first try's 'partial' was replaced.
+    assert int(vineyard_client.status.memory_usage) - before == sum(r.bytes for r in refs)
+
+
+def test_lost_object_fails_consumer_with_named_error(run_dag):
+    dr = run_dag("fa_lost_object")
+    states = task_states(dr)
+    assert states[("catch", -1)] == "success"
+    assert states[("consume", -1)] == "failed"
+    caught = values(dr)[("catch", -1, "return_value")]
+    assert caught["error"] == "VineyardObjectLostError"
+    assert dr.run_id in caught["message"] and "'produce'" in caught["message"]
+    assert "clear task 'produce'" in caught["message"]
+
+
+def test_unsupported_value_fails_the_producer_at_push_time(run_dag, vineyard_client):
+    before = int(vineyard_client.status.memory_usage)
+    dr = run_dag("fa_unsupported")
+    states = task_states(dr)
+    assert states[("returns_lock", -1)] == "failed"
+    assert states[("returns_object_array", -1)] == "failed"
+    assert states[("after", -1)] == "upstream_failed"
+    assert not values(dr)
+    assert int(vineyard_client.status.memory_usage) == before
+
+
+def test_flights_demo_dag_keeps_db_rows_small(run_dag):
+    dr = run_dag("flights_delay_regression")
+    assert str(dr.state) == "success"
+    rows = xcom_rows(dr.dag_id, dr.run_id)
+    sizes = {(x.task_id, x.key): len(json.dumps(x.value)) for x in rows}
+    assert max(sizes.values()) < 2048, sizes
+    refs = [VineyardReference.from_json(x.value) for x in rows if is_reference(x.value)]
+    assert {r.type for r in refs} >= {"pandas.DataFrame", "numpy.ndarray", "pyarrow.Table"}
+    assert sum(r.bytes for r in refs) > 10_000_000  # the data really went to Vineyard
+    metrics = next(x.value for x in rows if x.task_id == "evaluate" and x.key == "return_value")
+    assert metrics["r2"] > 0.5 and 0 < metrics["rmse"] < 100
+
+
+def _airflow_home(tmp: Path, name: str) -> dict[str, str]:
+    home = tmp / name
+    home.mkdir()
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, env=env)
+    return env
+
+
+def test_concurrent_runs_of_one_dag_do_not_see_each_other(vineyardd):
+    with tempfile.TemporaryDirectory(prefix="fa-conc-") as tmp:
+        tmp_path = Path(tmp)
+        barrier = tmp_path / "barrier"
+        barrier.mkdir()
+        runs = []
+        for token, day in ((1, "2026-01-01"), (2, "2026-01-02")):
+            env = _airflow_home(tmp_path, f"home{token}")
+            conf = json.dumps({"token": token, "barrier_dir": str(barrier)})
+            cmd = [str(BIN / "airflow"), "dags", "test", "fa_concurrent", day, "-c", conf]
+            runs.append(
+                (token, env, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            )
+        for token, env, proc in runs:
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, out.decode()[-3000:]
+            db = sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
+            ((raw,),) = db.execute("select value from xcom where task_id='consume' and key='return_value'")
+            db.close()
+            assert json.loads(raw) == {"token": token, "values": [float(token)]}
+
+
+@pytest.mark.parametrize("command", [["providers", "list"], ["providers", "hooks"]])
+def test_airflow_lists_the_provider(command):
+    out = subprocess.run([str(BIN / "airflow"), *command], capture_output=True, text=True, check=True)
+    assert "fluid-airflow" in out.stdout
+
+
+def test_multiple_outputs_store_each_array_once(run_dag, vineyard_client):
+    before = int(vineyard_client.status.memory_usage)
+    dr = run_dag("fa_multiple_outputs")
+    assert str(dr.state) == "success"
+    got = values(dr)
+    assert got[("use", -1, "return_value")] == [300_000.0, 0.0, ["rows", "test", "train"], 400_000]
+    per_key = [VineyardReference.from_json(got[("split", -1, k)]) for k in ("train", "test")]
+    # The whole-dict return_value push reuses the per-key objects: no second copy.
+    assert int(vineyard_client.status.memory_usage) - before == sum(r.bytes for r in per_key)
