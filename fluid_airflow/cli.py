@@ -1,0 +1,153 @@
+"""``fluid-airflow``: command-line helpers of the provider.
+
+``fluid-airflow vineyard start|stop|status`` manage the local vineyardd (a thin layer over
+:class:`fluid_airflow.vineyard.daemon.LocalVineyardd`). Defaults come from the ``[fluid]`` Airflow
+config section (``AIRFLOW__FLUID__RUNTIME_DIR``, ``AIRFLOW__FLUID__LOCAL_VINEYARD_SIZE``).
+
+Exit codes: 0 success; 1 error (one paragraph on stderr, no traceback); 2 bad usage (argparse);
+``status`` exits 3 when no vineyardd answers, like ``systemctl status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fluid_airflow.vineyard.daemon import DaemonStatus
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluid-airflow", description=__doc__.split("\n\n")[0])
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard}")
+    vineyard = groups.add_parser("vineyard", help="manage the local vineyardd")
+    commands = vineyard.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
+
+    runtime_help = "folder of the socket, pid, state and log files (default: [fluid] runtime_dir)"
+    start = commands.add_parser("start", help="start vineyardd in the background and wait until it answers")
+    start.add_argument("--runtime-dir", help=runtime_help)
+    start.add_argument(
+        "--size",
+        help="shared memory, e.g. 512Mi, 2Gi, 1.5Gi, 1G (=1Gi, as in vineyardd) or bytes "
+        "(default: [fluid] local_vineyard_size)",
+    )
+    start.add_argument("--socket", help="IPC socket path (default: <runtime-dir>/vineyard.sock)")
+    start.add_argument(
+        "--rpc-port",
+        type=int,
+        help="also serve RPC on this TCP port: listens on ALL interfaces, unauthenticated; "
+        "needs --allow-public-rpc",
+    )
+    start.add_argument(
+        "--allow-public-rpc",
+        action="store_true",
+        help="accept that --rpc-port exposes every object to anyone who can reach this host",
+    )
+    start.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (30)")
+
+    stop = commands.add_parser("stop", help="stop the vineyardd of the runtime dir (SIGTERM, then SIGKILL)")
+    stop.add_argument("--runtime-dir", help=runtime_help)
+    stop.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (10)")
+
+    status = commands.add_parser("status", help="show whether vineyardd runs; exit 0 if so, 3 if not")
+    status.add_argument("--runtime-dir", help=runtime_help)
+    status.add_argument("--json", action="store_true", help="print the status as a JSON object")
+    return parser
+
+
+def describe(status: DaemonStatus) -> str:
+    """Human-readable lines for ``status``."""
+    from fluid_airflow.vineyard.resources import format_bytes
+
+    if not status.running:
+        head = f"vineyardd is not running (socket {status.socket})"
+        if status.pid:
+            head += f"; pid {status.pid} is alive but does not answer"
+        return head
+    return "\n".join(
+        [
+            f"vineyardd is running: pid {status.pid or 'unknown (not started by fluid-airflow)'}, "
+            f"socket {status.socket}",
+            f"memory: {format_bytes(status.memory_usage or 0)} used of "
+            f"{format_bytes(status.memory_limit or 0)} (instance {status.instance_id})",
+            f"log: {status.log_file}",
+        ]
+    )
+
+
+def _start(args: argparse.Namespace) -> int:
+    from fluid_airflow import config
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    daemon = LocalVineyardd(args.runtime_dir, socket=args.socket)
+    status = daemon.start(
+        args.size, rpc_port=args.rpc_port, allow_public_rpc=args.allow_public_rpc, timeout=args.timeout
+    )
+    print(describe(status))
+    # Airflow processes find the socket through [fluid] vineyard_socket, else the default runtime dir.
+    if config.vineyard_socket() == status.socket:
+        print("Airflow uses this socket by default ([fluid] vineyard_socket); nothing to export.")
+    else:
+        print("To make Airflow use it, set in the environment of the scheduler and workers:")
+        print(f"export AIRFLOW__FLUID__VINEYARD_SOCKET={status.socket}")
+    return EXIT_OK
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    daemon = LocalVineyardd(args.runtime_dir)
+    pid = daemon.pid()
+    if daemon.stop(timeout=args.timeout):
+        print(f"vineyardd pid {pid} stopped (runtime dir {daemon.runtime_dir})")
+    else:
+        print(f"no vineyardd running in {daemon.runtime_dir}; nothing to stop")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    status = LocalVineyardd(args.runtime_dir).status()
+    print(json.dumps(status.to_dict(), indent=2) if args.json else describe(status))
+    return EXIT_OK if status.running else EXIT_NOT_RUNNING
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fluid-airflow`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    # Airflow configures logging on import, so it is imported before our handler is added.
+    import airflow  # noqa: F401
+
+    from fluid_airflow.exceptions import FluidAirflowError
+
+    # Warnings the user must see (stale socket removed, public RPC) go to stderr as plain lines;
+    # our own prints already say what succeeded.
+    logger = logging.getLogger("fluid_airflow")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fluid-airflow: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    handlers = {"start": _start, "stop": _stop, "status": _status}
+    try:
+        return handlers[args.command](args)
+    except (FluidAirflowError, OSError, ValueError) as exc:
+        message = " ".join(str(exc).split("\n", 1)[0].split())
+        detail = str(exc).split("\n", 1)[1] if "\n" in str(exc) else ""
+        print(f"fluid-airflow vineyard {args.command}: error: {message}", file=sys.stderr)
+        if detail:  # e.g. the last lines of vineyardd's log
+            print(detail, file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
