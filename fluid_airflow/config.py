@@ -37,8 +37,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "default": "",
     },
     "local_vineyard_size": {
-        "description": "Shared memory of the local vineyardd (Kubernetes-style quantity: 512Mi, 4Gi, 1G "
-        "or plain bytes).",
+        "description": "Shared memory of the local vineyardd, in vineyardd's size syntax: 512Mi, 4Gi, "
+        "1.5G or plain bytes; every unit is binary (1G = 1Gi = 2**30 bytes, unlike Kubernetes).",
         "type": "string",
         "example": "8Gi",
         "default": "2Gi",

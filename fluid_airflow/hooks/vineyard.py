@@ -15,7 +15,9 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from fluid_airflow.exceptions import VineyardConnectionError
+# Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
+# still initialising (it imports airflow, whose config loads the XCom backend).
+from fluid_airflow import exceptions as errors
 
 # Clients by (pid, endpoint). A forked child must not use its parent's client (the socket and
 # the client's state belong to the parent), so entries of another pid are ignored and replaced.
@@ -66,7 +68,7 @@ class VineyardHook(BaseHook):
             return "rpc", str(extra["rpc_endpoint"])
         if conn.host and conn.port:
             return "rpc", f"{conn.host}:{conn.port}"
-        raise VineyardConnectionError(
+        raise errors.VineyardConnectionError(
             f"Airflow connection {self.vineyard_conn_id!r} names no Vineyard endpoint: set its "
             "'ipc_socket' (e.g. /var/run/vineyard/vineyard-worker.sock) or 'rpc_endpoint' (host:port)."
         )
@@ -112,7 +114,7 @@ def _connect(kind: str, where: str) -> Any:
 
     if kind == "ipc":
         if not Path(where).exists():
-            raise VineyardConnectionError(
+            raise errors.VineyardConnectionError(
                 f"No vineyardd IPC socket at {where}: the file does not exist. Start a local one with "
                 "`fluid-airflow vineyard start`, or point [fluid] vineyard_socket (or the vineyard "
                 "connection's ipc_socket) at a running vineyardd."
@@ -120,18 +122,18 @@ def _connect(kind: str, where: str) -> Any:
         try:
             return vineyard.connect(where)
         except Exception as exc:
-            raise VineyardConnectionError(
+            raise errors.VineyardConnectionError(
                 f"vineyardd at IPC socket {where} does not answer ({type(exc).__name__}: {exc}). "
                 "It may have died and left its socket file behind; restart it "
                 "(`fluid-airflow vineyard start` removes a stale socket)."
             ) from exc
     host, _, port = where.rpartition(":")
     if not host or not port.isdigit():
-        raise VineyardConnectionError(f"RPC endpoint {where!r} is not host:port")
+        raise errors.VineyardConnectionError(f"RPC endpoint {where!r} is not host:port")
     try:
         return vineyard.connect(host, int(port))
     except Exception as exc:
-        raise VineyardConnectionError(
+        raise errors.VineyardConnectionError(
             f"vineyardd RPC endpoint {where} does not answer ({type(exc).__name__}: {exc}). "
             "Check that vineyardd runs with RPC enabled and the port is reachable."
         ) from exc

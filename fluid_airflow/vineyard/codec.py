@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluid_airflow.exceptions import UnsupportedXComValueError, VineyardReadBackError
+# Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
+# still initialising (it imports airflow, whose config loads the XCom backend).
+from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard.reference import VineyardReference, summarize_columns
 
 VINEYARD_MODULES = ("numpy", "pandas", "pyarrow")
@@ -111,7 +113,7 @@ def encode(value: Any) -> Encoded:
             dtype=str(value.type),
             extra=extra,
         )
-    raise UnsupportedXComValueError(f"{type(value).__qualname__} is not a Vineyard XCom type")
+    raise errors.UnsupportedXComValueError(f"{type(value).__qualname__} is not a Vineyard XCom type")
 
 
 def _encode_ndarray(arr: Any) -> Encoded:
@@ -122,7 +124,7 @@ def _encode_ndarray(arr: Any) -> Encoded:
     if kind in "US":
         extra["astype"] = arr.dtype.str  # Vineyard returns strings as an object array
     elif kind not in _NATIVE_KINDS:
-        raise UnsupportedXComValueError(
+        raise errors.UnsupportedXComValueError(
             f"numpy array of dtype {arr.dtype} cannot go through the Vineyard XCom backend: "
             "object and structured arrays are not stored by value. Convert it to a typed array "
             "(e.g. arr.astype(str) or float), a pandas DataFrame or an Arrow table before returning it."
@@ -165,7 +167,7 @@ def _encode_dataframe(df: Any) -> Encoded:
 
     if not df.columns.is_unique:
         dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})[:5]
-        raise UnsupportedXComValueError(
+        raise errors.UnsupportedXComValueError(
             f"DataFrame has duplicate column labels {dupes}: a stored table needs unique column names. "
             "Rename the columns before returning the DataFrame."
         )
@@ -195,7 +197,7 @@ def _encode_dataframe(df: Any) -> Encoded:
 def _encode_series(series: Any) -> Encoded:
     name = series.name
     if name is not None and not isinstance(name, (str, int, float)):
-        raise UnsupportedXComValueError(
+        raise errors.UnsupportedXComValueError(
             f"Series name {name!r} of type {type(name).__name__} cannot be recorded; use a str or int name."
         )
     base = {"type": "pandas.Series", "shape": [len(series)], "dtype": str(series.dtype)}
@@ -217,7 +219,7 @@ def _to_arrow(frame: Any, what: str) -> Any:
     try:
         return pa.Table.from_pandas(frame)
     except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise UnsupportedXComValueError(
+        raise errors.UnsupportedXComValueError(
             f"pandas {what} cannot be stored: Vineyard cannot hold its dtypes natively and Arrow "
             f"cannot convert it ({type(exc).__name__}: {exc}). Give mixed-type object columns one "
             "type (e.g. df[col].astype(str)) before returning it."
@@ -308,7 +310,7 @@ def check_read_back(encoded: Encoded, value: Any, stored: Any, ref: VineyardRefe
     else:
         problem = _difference(value, decode(stored, ref))
     if problem:
-        raise VineyardReadBackError(
+        raise errors.VineyardReadBackError(
             f"XCom {ref.key!r} of task {ref.producer!r} (DAG {ref.dag_id!r}, run {ref.run_id!r}): "
             f"Vineyard stored the {encoded.type} but reading it back gives a different value ({problem}). "
             "Nothing was recorded. Convert the value to a plainer form (numeric/str columns, flat "

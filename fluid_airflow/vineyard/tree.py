@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fluid_airflow.exceptions import UnsupportedXComValueError
+# Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
+# still initialising (it imports airflow, whose config loads the XCom backend).
+from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import codec
 
 TREE_MARKER = "__vineyard_tree__"
@@ -54,7 +56,7 @@ def to_tree(
         if isinstance(v, dict):
             bad = [k for k in v if not isinstance(k, str)]
             if bad:
-                raise UnsupportedXComValueError(
+                raise errors.UnsupportedXComValueError(
                     f"dict key {bad[0]!r} at {'.'.join(path) or 'top level'} is a {type(bad[0]).__name__}: a "
                     "dict holding arrays or DataFrames needs str keys. Convert the keys with str()."
                 )

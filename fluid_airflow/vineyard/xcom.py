@@ -9,7 +9,7 @@ What goes where (``serialize_value``):
   put into Vineyard under a run-scoped name; the DB row is a :class:`VineyardReference` dict;
 - other values Airflow can serialise: inline in the DB when their JSON is smaller than
   ``[fluid] inline_threshold`` bytes, else into Vineyard as JSON text;
-- anything else: :class:`UnsupportedXComValueError` in the producer.
+- anything else: :class:`errors.UnsupportedXComValueError` in the producer.
 
 Airflow 3 runs backend methods only in task processes (airflow.md section 5.3): ``set`` ->
 ``serialize_value``; ``get_one``/``get_all``/lazy mapped sequences -> ``deserialize_value``;
@@ -29,12 +29,10 @@ from typing import Any
 from airflow.sdk.bases.xcom import BaseXCom
 
 from fluid_airflow import config
-from fluid_airflow.exceptions import (
-    FluidAirflowError,
-    UnsupportedXComValueError,
-    VineyardObjectLostError,
-    VineyardReadBackError,
-)
+
+# Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
+# still initialising (it imports airflow, whose config loads the XCom backend).
+from fluid_airflow import exceptions as errors
 from fluid_airflow.hooks.vineyard import VineyardHook
 from fluid_airflow.vineyard import codec, tree
 from fluid_airflow.vineyard.naming import xcom_object_name
@@ -154,7 +152,7 @@ class VineyardXComBackend(BaseXCom):
 def _require_scope(scope: dict[str, str | None], kind: type) -> None:
     missing = [k for k, v in scope.items() if not v]
     if missing:
-        raise FluidAirflowError(
+        raise errors.FluidAirflowError(
             f"Cannot store a {kind.__name__} in Vineyard without {', '.join(missing)}: the object name is "
             "scoped by DAG run, task and key. Push XComs from a running task (return or ti.xcom_push)."
         )
@@ -204,7 +202,7 @@ def _serde(value: Any, scope: dict[str, str | None]) -> Any:
     try:
         return BaseXCom.serialize_value(value)
     except Exception as exc:
-        raise UnsupportedXComValueError(
+        raise errors.UnsupportedXComValueError(
             f"XCom {scope['key']!r} of task {scope['task_id']!r}: a {type(value).__module__}."
             f"{type(value).__qualname__} can go neither to Vineyard (numpy arrays, pandas "
             "DataFrames/Series, pyarrow Tables/RecordBatches/Arrays) nor through Airflow's JSON "
@@ -229,7 +227,7 @@ def _store(
     try:
         object_id = client.put(encoded.payload, persist=True)
     except Exception as exc:
-        raise FluidAirflowError(
+        raise errors.FluidAirflowError(
             f"XCom {scope['key']!r} of task {scope['task_id']!r}: vineyardd refused the "
             f"{encoded.type} ({type(exc).__name__}: {exc}). If it is out of memory, free objects or "
             "start vineyardd with a larger --size."
@@ -254,7 +252,7 @@ def _store(
             **scope,
         )
         if meta.typename == "vineyard::PickleBuffer":
-            raise VineyardReadBackError(
+            raise errors.VineyardReadBackError(
                 f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
                 f"{encoded.type}; such objects cannot be read back reliably by other processes. "
                 "Nothing was recorded."
@@ -298,8 +296,8 @@ def resolve(ref: VineyardReference) -> Any:
     return codec.decode(client.get(object_id), ref)
 
 
-def _lost(ref: VineyardReference, cause: str) -> VineyardObjectLostError:
-    return VineyardObjectLostError(
+def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
+    return errors.VineyardObjectLostError(
         f"XCom {ref.key!r} of task {ref.producer!r} in DAG run {ref.run_id!r} of DAG {ref.dag_id!r} "
         f"refers to Vineyard object {ref.object_id} ({ref.name}), which is gone: {cause}. Vineyard "
         "objects are lost when vineyardd restarts or when the run's objects were released. Fix: clear "
