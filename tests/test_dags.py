@@ -131,3 +131,13 @@ def test_multiple_outputs_store_each_array_once(run_dag, vineyard_client):
     per_key = [VineyardReference.from_json(got[("split", -1, k)]) for k in ("train", "test")]
     # The whole-dict return_value push reuses the per-key objects: no second copy.
     assert int(vineyard_client.status.memory_usage) - before == sum(r.bytes for r in per_key)
+
+
+def test_backend_can_use_a_vineyard_connection(run_dag, vineyardd, monkeypatch):
+    conn = {"conn_type": "vineyard", "extra": {"ipc_socket": str(vineyardd.socket_path)}}
+    monkeypatch.setenv("AIRFLOW_CONN_MY_VINEYARD", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_CONN_ID", "my_vineyard")
+    monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_SOCKET", "/nonexistent/vineyard.sock")  # must be unused
+    dr = run_dag("fa_mapped")
+    assert str(dr.state) == "success"
+    assert values(dr)[("consume_all", -1, "return_value")] == [1.0, 2.0, 3.0]

@@ -1,0 +1,78 @@
+"""VineyardHook: endpoints from connections, one client per process, clear connection errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from conftest import BIN
+
+from fluid_airflow.exceptions import VineyardConnectionError
+from fluid_airflow.hooks.vineyard import VineyardHook
+
+
+def test_connection_extra_names_the_ipc_socket(vineyardd, monkeypatch):
+    conn = {"conn_type": "vineyard", "extra": {"ipc_socket": str(vineyardd.socket_path)}}
+    monkeypatch.setenv("AIRFLOW_CONN_VINEYARD_TEST", json.dumps(conn))
+    hook = VineyardHook("vineyard_test")
+    assert hook.endpoint() == ("ipc", str(vineyardd.socket_path))
+    ok, message = hook.test_connection()
+    assert ok and "instance 0" in message
+
+
+def test_connection_without_endpoint_is_refused_with_fix(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_VINEYARD_EMPTY", json.dumps({"conn_type": "vineyard"}))
+    with pytest.raises(VineyardConnectionError, match="ipc_socket"):
+        VineyardHook("vineyard_empty").endpoint()
+
+
+def test_missing_socket_fails_fast_and_says_how_to_start(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(VineyardConnectionError, match="fluid-airflow vineyard start"):
+        VineyardHook(ipc_socket=str(tmp_path / "none.sock")).get_conn()
+    assert time.monotonic() - started < 2
+
+
+def test_stale_socket_file_fails_within_seconds(tmp_path):
+    import socket
+
+    path = tmp_path / "stale.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.close()  # the file stays, nobody listens: what a killed vineyardd leaves behind
+    started = time.monotonic()
+    with pytest.raises(VineyardConnectionError, match="does not answer"):
+        VineyardHook(ipc_socket=str(path)).get_conn()
+    assert time.monotonic() - started < 5
+
+
+def test_one_client_per_process_and_a_new_one_after_fork(vineyardd):
+    hook = VineyardHook(ipc_socket=str(vineyardd.socket_path))
+    parent = hook.get_conn()
+    assert hook.get_conn() is parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's client
+        try:
+            child = hook.get_conn()
+            ok = child is not parent and child.connected and child.status.instance_id == 0
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert hook.get_conn() is parent and parent.status.instance_id == 0
+
+
+def test_config_section_defaults_are_registered(airflow_db):
+    out = subprocess.run(
+        [str(BIN / "airflow"), "config", "get-value", "fluid", "name_prefix"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__FLUID__")},
+    )
+    assert out.stdout.strip() == "airflow"
