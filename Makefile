@@ -23,12 +23,12 @@ demo: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
-	$(BIN)/ruff check fluid_airflow dags tests scripts bench
+	$(BIN)/ruff check fluid_airflow dags tests scripts
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check fluid_airflow dags tests scripts bench
-	$(BIN)/ruff format --check fluid_airflow dags tests scripts bench
+	$(BIN)/ruff check fluid_airflow dags tests scripts
+	$(BIN)/ruff format --check fluid_airflow dags tests scripts
 
 clean:
 	rm -rf $(VENV) .airflow .pytest_cache

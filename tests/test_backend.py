@@ -13,7 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from fluid_airflow.exceptions import UnsupportedXComValueError, VineyardObjectLostError
+from fluid_airflow.exceptions import (
+    UnsupportedXComValueError,
+    VineyardObjectLostError,
+    VineyardReadBackError,
+)
 from fluid_airflow.vineyard.naming import split_xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
@@ -218,6 +222,21 @@ def test_containers_of_arrays_store_each_leaf(vineyard_client):
 def test_container_with_bad_key_fails_at_push(vineyardd):
     with pytest.raises(UnsupportedXComValueError, match="str keys"):
         push({1: np.zeros(2)}, key="badkey")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pa.table({"t": pa.array([1, 2], type=pa.timestamp("us", tz="UTC"))}),
+        pd.DataFrame({"c": pd.Categorical(["a"]), "t": pd.to_datetime(["2020-01-01"], utc=True)}),
+    ],
+    ids=["arrow-tz-timestamp", "pandas-via-arrow-tz"],
+)
+def test_value_vineyard_cannot_read_back_fails_at_push(vineyard_client, value):
+    before = used(vineyard_client)
+    with pytest.raises(VineyardReadBackError, match="Nothing was recorded"):
+        push(value, key="unreadable")
+    assert used(vineyard_client) == before
 
 
 def test_pushed_reference_is_kept_as_is(vineyardd):

@@ -257,7 +257,16 @@ def _store(
                 f"{encoded.type}; such objects cannot be read back reliably by other processes. "
                 "Nothing was recorded."
             )
-        codec.check_read_back(encoded, original, client.get(object_id), ref)
+        try:
+            stored = client.get(object_id)
+        except Exception as exc:
+            raise errors.VineyardReadBackError(
+                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard stored the {encoded.type} "
+                f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
+                "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
+            ) from exc
+        codec.check_read_back(encoded, original, stored, ref)
+        del stored  # drop the zero-copy views before the name is published
         client.put_name(object_id, name)
     except BaseException:
         client.delete(object_id)
