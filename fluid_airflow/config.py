@@ -57,12 +57,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "example": "airflow",
         "default": "airflow",
     },
-    "connect_timeout": {
-        "description": "Seconds to wait for vineyardd to answer a connection before failing the task.",
-        "type": "float",
-        "example": "10",
-        "default": "10",
-    },
 }
 
 
@@ -87,18 +81,6 @@ def get_int(option: str) -> int:
         raise ValueError(
             f"[{SECTION}] {option} = {raw!r} is not an integer; set AIRFLOW__FLUID__{option.upper()} "
             "to a whole number of bytes"
-        ) from None
-
-
-def get_float(option: str) -> float:
-    """Return ``[fluid] <option>`` as a float. :raises ValueError: the value is not a number."""
-    raw = get(option)
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(
-            f"[{SECTION}] {option} = {raw!r} is not a number; set AIRFLOW__FLUID__{option.upper()} "
-            "to a number of seconds"
         ) from None
 
 
