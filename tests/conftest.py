@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +108,50 @@ def task_states(dag_run) -> dict[tuple[str, int], str]:
             TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
         )
         return {(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
+
+
+def processes_naming(text: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose command line mentions ``text``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in arg for arg in proc.info["cmdline"] or []) and proc.status() != "zombie":
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    """True once ``pid`` has exited (reaping it when it is our child)."""
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.fixture
+def runtime():
+    """A short fresh runtime dir; afterwards its daemon is stopped and nothing may be left running."""
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    path = Path(tempfile.mkdtemp(prefix="fa-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        pid = LocalVineyardd(path).pid()
+        LocalVineyardd(path).stop(timeout=5)
+        if pid:
+            gone(pid)
+        leaked = processes_naming(str(path))
+        for proc in leaked:
+            proc.kill()
+            gone(proc.pid)
+        shutil.rmtree(path, ignore_errors=True)
+        assert not leaked, f"processes left running: {[p.pid for p in leaked]}"
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -8,58 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import psutil
-import pytest
+from conftest import gone
 
 from fluid_airflow.vineyard.daemon import LocalVineyardd
 
 SCRIPT = Path(sys.executable).parent / "fluid-airflow"
 MiB = 1 << 20
-
-
-def processes_naming(text: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(text in arg for arg in proc.info["cmdline"] or []) and proc.status() != "zombie":
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def gone(pid: int, timeout: float = 5.0) -> bool:
-    try:
-        psutil.Process(pid).wait(timeout)  # reaps it when it is our child
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
-    return True
-
-
-@pytest.fixture
-def runtime():
-    path = Path(tempfile.mkdtemp(prefix="fa-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        pid = LocalVineyardd(path).pid()
-        LocalVineyardd(path).stop(timeout=5)
-        if pid:
-            gone(pid)
-        leaked = processes_naming(str(path))
-        for proc in leaked:
-            proc.kill()
-            gone(proc.pid)
-        shutil.rmtree(path, ignore_errors=True)
-        assert not leaked, f"processes left running: {[p.pid for p in leaked]}"
 
 
 def cli_env(**extra: str) -> dict[str, str]:

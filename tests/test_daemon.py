@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import gone, processes_naming
 
 from fluid_airflow.exceptions import (
     InsufficientMemoryError,
@@ -42,45 +43,6 @@ from fluid_airflow.vineyard.resources import (
 
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-def processes_naming(text: str) -> list[psutil.Process]:
-    """Live (non-zombie) processes whose command line mentions ``text``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(text in arg for arg in proc.info["cmdline"] or []) and proc.status() != "zombie":
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def gone(pid: int, timeout: float = 5.0) -> bool:
-    """True once ``pid`` has exited (reaping it when it is our child)."""
-    try:
-        psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
-    return True
-
-
-@pytest.fixture
-def runtime():
-    """A short fresh runtime dir; afterwards its daemon is stopped and nothing may be left running."""
-    path = Path(tempfile.mkdtemp(prefix="fa-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        LocalVineyardd(path).stop(timeout=5)
-        leaked = processes_naming(str(path))
-        for proc in leaked:
-            proc.kill()
-            gone(proc.pid)
-        shutil.rmtree(path, ignore_errors=True)
-        assert not leaked, f"processes left running: {[p.pid for p in leaked]}"
 
 
 def spawned_nothing(runtime: Path) -> bool:
