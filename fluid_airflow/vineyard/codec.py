@@ -233,32 +233,30 @@ def _small_string_fields(schema: Any) -> dict[str, Any]:
     return {"cast_columns": idx} if idx else {}
 
 
-def _widen(t: Any) -> Any:
+def _retype(t: Any, large: bool) -> Any:
+    """``t`` with string/binary/list (recursively) in their 64-bit-offset ``large_*`` forms when
+    ``large``, or back in their 32-bit forms when not."""
     import pyarrow as pa
 
-    if t == pa.string():
-        return pa.large_string()
-    if t == pa.binary():
-        return pa.large_binary()
-    if pa.types.is_list(t):
-        return pa.large_list(t.value_field.with_type(_widen(t.value_type)))
+    for small, wide in ((pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())):
+        if large and t == small:
+            return wide
+        if not large and t == wide:
+            return small
+    if pa.types.is_list(t) if large else pa.types.is_large_list(t):
+        make = pa.large_list if large else pa.list_
+        return make(t.value_field.with_type(_retype(t.value_type, large)))
     if pa.types.is_struct(t):
-        return pa.struct([t.field(i).with_type(_widen(t.field(i).type)) for i in range(t.num_fields)])
+        return pa.struct([t.field(i).with_type(_retype(t.field(i).type, large)) for i in range(t.num_fields)])
     return t
+
+
+def _widen(t: Any) -> Any:
+    return _retype(t, large=True)
 
 
 def _narrow(t: Any) -> Any:
-    import pyarrow as pa
-
-    if t == pa.large_string():
-        return pa.string()
-    if t == pa.large_binary():
-        return pa.binary()
-    if pa.types.is_large_list(t):
-        return pa.list_(t.value_field.with_type(_narrow(t.value_type)))
-    if pa.types.is_struct(t):
-        return pa.struct([t.field(i).with_type(_narrow(t.field(i).type)) for i in range(t.num_fields)])
-    return t
+    return _retype(t, large=False)
 
 
 def decode(stored: Any, ref: VineyardReference) -> Any:
