@@ -48,3 +48,31 @@ class VineyardObjectLostError(FluidAirflowError):
     released or garbage-collected, or someone deleted it by hand. The fix is to clear the
     producing task so it recomputes the value.
     """
+
+
+class FluidSpecError(FluidAirflowError, ValueError):
+    """A Dataset or VineyardRuntime spec is invalid; raised before any API request."""
+
+
+class FluidNotInstalledError(FluidAirflowError):
+    """The Kubernetes API has no ``data.fluid.io`` resources: Fluid's CRDs are not installed."""
+
+
+class FluidPermissionError(FluidAirflowError):
+    """The API refused a request (HTTP 403): the service account lacks an RBAC permission."""
+
+
+class FluidConflictError(FluidAirflowError):
+    """An object of that name exists with a different spec (HTTP 409 or adopt check)."""
+
+
+class FluidApiError(FluidAirflowError):
+    """Any other Kubernetes API failure, after retries of transient errors."""
+
+
+class FluidRuntimeFailedError(FluidAirflowError):
+    """A Dataset or its VineyardRuntime reached a failed state while we waited for readiness."""
+
+
+class FluidTimeoutError(FluidAirflowError, TimeoutError):
+    """A bounded wait (readiness, deletion) ran out; the message says what was still pending."""

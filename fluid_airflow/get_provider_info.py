@@ -21,18 +21,29 @@ def get_provider_info() -> dict[str, Any]:
         "VineyardRuntimes on Kubernetes.",
         "versions": [__version__],
         "integrations": [
+            {"integration-name": "Vineyard", "external-doc-url": "https://v6d.io/", "tags": ["software"]},
             {
-                "integration-name": "Vineyard",
-                "external-doc-url": "https://v6d.io/",
+                "integration-name": "Fluid",
+                "external-doc-url": "https://fluid-cloudnative.github.io/",
                 "tags": ["software"],
             },
         ],
         "hooks": [
+            {"integration-name": "Vineyard", "python-modules": ["fluid_airflow.hooks.vineyard"]},
+            {"integration-name": "Fluid", "python-modules": ["fluid_airflow.hooks.fluid"]},
+        ],
+        "operators": [
             {
-                "integration-name": "Vineyard",
-                "python-modules": ["fluid_airflow.hooks.vineyard"],
+                "integration-name": "Fluid",
+                "python-modules": [
+                    "fluid_airflow.operators.dataset",
+                    "fluid_airflow.operators.runtime",
+                    "fluid_airflow.operators.cleanup",
+                ],
             },
         ],
+        "sensors": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.sensors.fluid"]}],
+        "triggers": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.triggers.fluid"]}],
         "connection-types": [
             {
                 "connection-type": "vineyard",
@@ -58,6 +69,50 @@ def get_provider_info() -> dict[str, Any]:
                         "ipc_socket": "/var/run/vineyard/vineyard-worker.sock",
                         "rpc_endpoint": "127.0.0.1:9600",
                     },
+                },
+            },
+            {
+                "connection-type": "fluid",
+                "hook-class-name": "fluid_airflow.hooks.fluid.FluidHook",
+                "hook-name": "Fluid",
+                "conn-fields": {
+                    "backend": {
+                        "label": "Backend",
+                        "schema": {"type": ["string", "null"], "enum": ["kubernetes", "local", None]},
+                        "description": "kubernetes (default): Fluid on a cluster; local: a local vineyardd "
+                        "per Dataset, no Kubernetes.",
+                    },
+                    "namespace": {
+                        "label": "Namespace",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Default namespace of Datasets (default: default).",
+                    },
+                    "kube_config_path": {
+                        "label": "Kube config path",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "kube_config": {
+                        "label": "Kube config (JSON or YAML)",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "in_cluster": {
+                        "label": "In cluster configuration",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                    "cluster_context": {
+                        "label": "Cluster context",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "local_max_cache": {
+                        "label": "Local backend: max cache per Dataset",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Quantity capping each local vineyardd (default 2Gi).",
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "password", "extra", "host", "port"],
+                    "relabeling": {},
+                    "placeholders": {"namespace": "default", "backend": "kubernetes"},
                 },
             },
         ],

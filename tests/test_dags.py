@@ -141,3 +141,21 @@ def test_backend_can_use_a_vineyard_connection(run_dag, vineyardd, monkeypatch):
     dr = run_dag("fa_mapped")
     assert str(dr.state) == "success"
     assert values(dr)[("consume_all", -1, "return_value")] == [1.0, 2.0, 3.0]
+
+
+def test_fluid_pipeline_runs_on_the_local_backend(run_dag, monkeypatch):
+    from conftest import processes_naming
+
+    from fluid_airflow import config
+
+    conn = {"conn_type": "fluid", "extra": {"backend": "local", "local_max_cache": "256Mi"}}
+    monkeypatch.setenv("AIRFLOW_CONN_FLUID_DEFAULT", json.dumps(conn))
+    dr = run_dag("fluid_vineyard_pipeline", conf={"dataset": "pipeline-test"})
+    assert str(dr.state) == "success", task_states(dr)
+    got = values(dr)
+    assert got[("create_dataset", -1, "return_value")]["created"] is True
+    assert got[("bind_runtime", -1, "return_value")]["backend"] == "local"
+    assert got[("test", -1, "return_value")]["r2"] > 0.5
+    assert got[("cleanup", -1, "return_value")] == {"pods": [], "dataset": True, "runtime": True}
+    fluid_root = config.runtime_dir() / "fluid"
+    assert not any(fluid_root.iterdir()) and not processes_naming(str(fluid_root))

@@ -1,0 +1,1 @@
+"""Fluid control plane: manifests, readiness and the API clients (Kubernetes and local)."""

@@ -1,0 +1,63 @@
+"""Readiness rules for a Dataset + VineyardRuntime (pure)."""
+
+from __future__ import annotations
+
+from fluid_airflow.fluid.status import FAILED, PENDING, READY, evaluate
+
+
+def dataset(phase="Bound", deleting=False, conditions=None):
+    meta = {"name": "ds", "namespace": "ns"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-29T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase, "conditions": conditions or []}}
+
+
+def runtime(replicas=2, ready=2, worker_phase="Ready"):
+    return {
+        "spec": {"replicas": replicas},
+        "status": {"masterPhase": "Ready", "workerPhase": worker_phase, "workerNumberReady": ready},
+    }
+
+
+def pod(name, phase="Running", waiting=None, conditions=None):
+    status = {"phase": phase, "conditions": conditions or []}
+    if waiting:
+        status["containerStatuses"] = [{"state": {"waiting": {"reason": waiting, "message": "back-off"}}}]
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_bound_with_all_workers_ready_is_ready():
+    assert evaluate(dataset(), runtime(), [pod("ds-worker-0"), pod("ds-worker-1")]).state == READY
+
+
+def test_bound_with_fewer_workers_ready_is_still_pending():
+    verdict = evaluate(dataset(), runtime(ready=1, worker_phase="PartialReady"), [pod("ds-worker-0")])
+    assert verdict.state == PENDING and "workers 1/2 ready" in verdict.message
+
+
+def test_not_bound_is_pending_and_names_conditions_and_pending_pods():
+    unschedulable = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+    ]
+    verdict = evaluate(
+        dataset("NotBound", conditions=[{"type": "Ready", "status": "False", "reason": "DatasetNotReady"}]),
+        runtime(ready=0, worker_phase="NotReady"),
+        [pod("ds-worker-1", phase="Pending", conditions=unschedulable)],
+    )
+    assert verdict.state == PENDING
+    assert "NotBound" in verdict.message and "DatasetNotReady" in verdict.message
+    assert "ds-worker-1 Pending (Unschedulable: 0/3 nodes)" in verdict.message
+
+
+def test_failed_dataset_or_hopeless_pod_is_failed():
+    assert evaluate(dataset("Failed"), runtime(), []).state == FAILED
+    verdict = evaluate(
+        dataset("NotBound"), runtime(ready=0), [pod("ds-worker-0", "Pending", "ImagePullBackOff")]
+    )
+    assert verdict.state == FAILED and "ds-worker-0 ImagePullBackOff" in verdict.message
+
+
+def test_missing_or_deleting_dataset_is_failed_and_missing_runtime_pending():
+    assert evaluate(None, None, []).state == FAILED
+    assert evaluate(dataset(deleting=True), runtime(), []).state == FAILED
+    assert evaluate(dataset("NotBound"), None, []).state == PENDING
