@@ -30,8 +30,13 @@ from fluid_airflow.vineyard.reference import VineyardReference, summarize_column
 
 VINEYARD_MODULES = ("numpy", "pandas", "pyarrow")
 # numpy dtype kinds Vineyard's Tensor round-trips exactly: bool, ints, uints, floats,
-# timedelta64, datetime64 (complex is left out: not covered by our tests).
+# timedelta64, datetime64. Complex and bytes ("S") do not come back (tested).
 _NATIVE_KINDS = "biufmM"
+# In a pandas Series, Vineyard returns datetime/timedelta values as a bare ndarray instead of
+# pandas' DatetimeArray/TimedeltaArray (repr and reductions break), and in a DataFrame the same
+# for timedelta columns (tested): those go through Arrow instead.
+_FRAME_KINDS = "biufM"
+_SERIES_KINDS = "biuf"
 
 
 @dataclass
@@ -84,30 +89,23 @@ def encode(value: Any) -> Encoded:
         return _encode_series(value)
     if isinstance(value, (pa.Table, pa.RecordBatch)):
         kind = "pyarrow.Table" if isinstance(value, pa.Table) else "pyarrow.RecordBatch"
+        payload, extra = _arrow_storage(value)
         return Encoded(
-            payload=value,
+            payload=payload,
             type=kind,
             encoding="vineyard",
             shape=[value.num_rows, value.num_columns],
             columns=summarize_columns([(f.name, f.type) for f in value.schema]),
-            extra=_small_string_fields(value.schema),
+            extra=extra,
         )
-    if isinstance(value, pa.ChunkedArray):
-        # Vineyard pickles a ChunkedArray; a one-column Table is stored natively instead.
-        table = pa.table({"values": value})
+    if isinstance(value, (pa.ChunkedArray, pa.Array)):
+        # Vineyard pickles a ChunkedArray; a one-column Table is stored natively instead, and
+        # Arrays take the same path so their types get the same care (strings, time zones).
+        kind = "pyarrow.ChunkedArray" if isinstance(value, pa.ChunkedArray) else "pyarrow.Array"
+        payload, extra = _arrow_storage(pa.table({"values": value}))
         return Encoded(
-            payload=table,
-            type="pyarrow.ChunkedArray",
-            encoding="vineyard",
-            shape=[len(value)],
-            dtype=str(value.type),
-            extra=_small_string_fields(table.schema),
-        )
-    if isinstance(value, pa.Array):
-        extra = {"narrow": True} if _widen(value.type) != value.type else {}
-        return Encoded(
-            payload=value,
-            type="pyarrow.Array",
+            payload=payload,
+            type=kind,
             encoding="vineyard",
             shape=[len(value)],
             dtype=str(value.type),
@@ -119,15 +117,22 @@ def encode(value: Any) -> Encoded:
 def _encode_ndarray(arr: Any) -> Encoded:
     import numpy as np
 
+    if isinstance(arr, (np.ma.MaskedArray, np.matrix)):
+        raise errors.UnsupportedXComValueError(
+            f"a {type(arr).__module__}.{type(arr).__name__} would come back as a plain ndarray (its mask "
+            "or matrix semantics lost). Return the data and the mask as two arrays (arr.data, "
+            "arr.mask), or np.asarray(arr) if the plain values are what you mean."
+        )
     kind = arr.dtype.kind
     extra: dict[str, Any] = {}
-    if kind in "US":
+    if kind == "U":
         extra["astype"] = arr.dtype.str  # Vineyard returns strings as an object array
     elif kind not in _NATIVE_KINDS:
+        what = {"O": "object", "V": "structured", "S": "bytes", "c": "complex"}.get(kind, f"kind {kind!r}")
         raise errors.UnsupportedXComValueError(
-            f"numpy array of dtype {arr.dtype} cannot go through the Vineyard XCom backend: "
-            "object and structured arrays are not stored by value. Convert it to a typed array "
-            "(e.g. arr.astype(str) or float), a pandas DataFrame or an Arrow table before returning it."
+            f"numpy arrays of dtype {arr.dtype} ({what}) cannot be stored by Vineyard by value. Convert it "
+            "to a numeric, bool, datetime or str array (e.g. arr.astype(str), arr.real/arr.imag), a "
+            "pandas DataFrame or an Arrow table before returning it."
         )
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         arr = np.ascontiguousarray(arr)  # a strided view: store the values, not the parent buffer
@@ -141,17 +146,17 @@ def _encode_ndarray(arr: Any) -> Encoded:
     )
 
 
-def _native_column(values: Any) -> bool:
+def _native_column(values: Any, kinds: str = _FRAME_KINDS, tz_ok: bool = True) -> bool:
     """True when Vineyard stores this column (or index) by value and returns the same dtype."""
     import numpy as np
     import pandas as pd
 
     dtype = values.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
-        return True
+        return tz_ok
     if not isinstance(dtype, np.dtype):
         return False  # pandas extension dtypes (category, Int64, string, ...) fail on read
-    if dtype.kind in _NATIVE_KINDS:
+    if dtype.kind in kinds:
         return True
     return dtype.kind == "O" and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
 
@@ -159,7 +164,7 @@ def _native_column(values: Any) -> bool:
 def _native_index(index: Any) -> bool:
     import pandas as pd
 
-    return not isinstance(index, pd.MultiIndex) and _native_column(index)
+    return not isinstance(index, pd.MultiIndex) and _native_column(index, _FRAME_KINDS, tz_ok=False)
 
 
 def _encode_dataframe(df: Any) -> Encoded:
@@ -185,12 +190,9 @@ def _encode_dataframe(df: Any) -> Encoded:
             columns=columns,
             extra=_index_freq(df.index),
         )
+    payload, extra = _arrow_storage(_to_arrow(df, "DataFrame"))
     return Encoded(
-        payload=_to_arrow(df, "DataFrame"),
-        type="pandas.DataFrame",
-        encoding="arrow",
-        shape=shape,
-        columns=columns,
+        payload=payload, type="pandas.DataFrame", encoding="arrow", shape=shape, columns=columns, extra=extra
     )
 
 
@@ -201,10 +203,11 @@ def _encode_series(series: Any) -> Encoded:
             f"Series name {name!r} of type {type(name).__name__} cannot be recorded; use a str or int name."
         )
     base = {"type": "pandas.Series", "shape": [len(series)], "dtype": str(series.dtype)}
-    if _native_column(series) and _native_index(series.index) and isinstance(name, (str, type(None))):
+    native = _native_column(series, _SERIES_KINDS, tz_ok=False)
+    if native and _native_index(series.index) and isinstance(name, (str, type(None))):
         return Encoded(payload=series, encoding="vineyard", extra=_index_freq(series.index), **base)
-    table = _to_arrow(series.to_frame(name="values"), "Series")
-    return Encoded(payload=table, encoding="arrow", extra={"series_name": name}, **base)
+    table, extra = _arrow_storage(_to_arrow(series.to_frame(name="values"), "Series"))
+    return Encoded(payload=table, encoding="arrow", extra={"series_name": name, **extra}, **base)
 
 
 def _index_freq(index: Any) -> dict[str, Any]:
@@ -226,11 +229,87 @@ def _to_arrow(frame: Any, what: str) -> Any:
         ) from exc
 
 
-def _small_string_fields(schema: Any) -> dict[str, Any]:
-    """Columns whose type has 32-bit offsets (string, binary, list), which Vineyard widens to
-    their ``large_*`` forms; :func:`decode` narrows them back."""
-    idx = [i for i, f in enumerate(schema) if _widen(f.type) != f.type]
-    return {"cast_columns": idx} if idx else {}
+def _arrow_storage(table: Any) -> tuple[Any, dict[str, Any]]:
+    """The table as Vineyard will store it, and what :func:`decode` needs to undo that.
+
+    Tested on vineyard 0.24.2: string/binary/list columns come back in their ``large_*`` forms
+    (recorded in ``cast_columns``, narrowed on read); timestamp (with or without zone),
+    duration, date, time and float16 columns are stored but cannot be read back at all, so they
+    are stored as zero-copy integer views of the same width, their type recorded in
+    ``view_columns`` and restored (again zero-copy) on read. A RecordBatch is stored as a Table.
+    """
+    import pyarrow as pa
+
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    extra: dict[str, Any] = {}
+    narrow = [i for i, f in enumerate(table.schema) if _widen(f.type) != f.type]
+    if narrow:
+        extra["cast_columns"] = narrow
+    views = {str(i): _type_json(f.type) for i, f in enumerate(table.schema) if _int_view(f.type) is not None}
+    for i in views:
+        field = table.schema.field(int(i))
+        target = _int_view(field.type)
+        column = pa.chunked_array([c.view(target) for c in table.column(int(i)).chunks], type=target)
+        table = table.set_column(int(i), field.with_type(target), column)
+    if views:
+        extra["view_columns"] = views
+    return table, extra
+
+
+def _int_view(t: Any) -> Any:
+    """The integer type a column of type ``t`` is stored as, or None to store it as it is."""
+    import pyarrow as pa
+
+    if pa.types.is_float16(t):
+        return pa.uint16()
+    if pa.types.is_date32(t) or pa.types.is_time32(t):
+        return pa.int32()
+    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_date64(t) or pa.types.is_time64(t):
+        return pa.int64()
+    return None
+
+
+def _type_json(t: Any) -> dict[str, Any]:
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(t):
+        return {"kind": "timestamp", "unit": t.unit, "tz": t.tz}
+    if pa.types.is_duration(t) or pa.types.is_time32(t) or pa.types.is_time64(t):
+        return {"kind": str(t).split("[")[0], "unit": t.unit}
+    return {"kind": str(t)}  # float16 / halffloat, date32[day], date64[ms]
+
+
+def _type_from_json(d: dict[str, Any]) -> Any:
+    import pyarrow as pa
+
+    kind = d["kind"]
+    if kind == "timestamp":
+        return pa.timestamp(d["unit"], tz=d.get("tz"))
+    if kind in ("duration", "time32", "time64"):
+        return getattr(pa, kind)(d["unit"])
+    return {
+        "halffloat": pa.float16(),
+        "float16": pa.float16(),
+        "date32[day]": pa.date32(),
+        "date64[ms]": pa.date64(),
+    }[kind]
+
+
+def _restore_arrow(stored: Any, extra: dict[str, Any]) -> Any:
+    """Undo :func:`_arrow_storage` on a Table read from Vineyard."""
+    import pyarrow as pa
+
+    schema = stored.schema
+    for i in extra.get("cast_columns", []):
+        schema = schema.set(i, schema.field(i).with_type(_narrow(schema.field(i).type)))
+    if schema != stored.schema:
+        stored = stored.cast(schema)
+    for i, spec in (extra.get("view_columns") or {}).items():
+        field, target = stored.schema.field(int(i)), _type_from_json(spec)
+        column = pa.chunked_array([c.view(target) for c in stored.column(int(i)).chunks], type=target)
+        stored = stored.set_column(int(i), field.with_type(target), column)
+    return stored
 
 
 def _retype(t: Any, large: bool) -> Any:
@@ -271,21 +350,24 @@ def decode(stored: Any, ref: VineyardReference) -> Any:
     if ref.encoding == "json":
         return bytes(np.asarray(stored, dtype=np.uint8)).decode("utf-8")
     if ref.encoding == "arrow":
-        frame = stored.to_pandas()
+        frame = _restore_arrow(stored, extra).to_pandas()
         if ref.type == "pandas.Series":
             return frame.iloc[:, 0].rename(extra.get("series_name"))
         return frame
     if ref.type == "numpy.ndarray" and "astype" in extra:
         return np.asarray(stored).astype(extra["astype"])
-    if ref.type in ("pyarrow.Table", "pyarrow.RecordBatch", "pyarrow.ChunkedArray"):
-        schema = stored.schema
-        for i in extra.get("cast_columns", []):
-            schema = schema.set(i, schema.field(i).with_type(_narrow(schema.field(i).type)))
-        if extra.get("cast_columns"):
-            stored = stored.cast(schema)
-        return stored.column(0) if ref.type == "pyarrow.ChunkedArray" else stored
-    if ref.type == "pyarrow.Array" and extra.get("narrow"):
-        return stored.cast(_narrow(stored.type))
+    if ref.type in ("pyarrow.Table", "pyarrow.RecordBatch", "pyarrow.ChunkedArray", "pyarrow.Array"):
+        import pyarrow as pa
+
+        stored = _restore_arrow(stored, extra)
+        if ref.type == "pyarrow.ChunkedArray":
+            return stored.column(0)
+        if ref.type == "pyarrow.Array":  # one chunk: no copy
+            return stored.column(0).combine_chunks()
+        if ref.type == "pyarrow.RecordBatch":
+            columns = [c.combine_chunks() for c in stored.columns]
+            return pa.RecordBatch.from_arrays(columns, schema=stored.schema)
+        return stored
     if "index_freq" in extra:
         import pandas as pd
 
@@ -335,10 +417,16 @@ def _difference(value: Any, got: Any, lenient_strings: bool = False) -> str | No
         bad = [c for c in value.columns if got[c].dtype != value[c].dtype]
         if bad:
             return f"column {bad[0]!r} has dtype {got[bad[0]].dtype} instead of {value[bad[0]].dtype}"
+        # Same dtype can still hide a bare ndarray where pandas expects its own array type.
+        bad = [c for c in value.columns if type(got[c].array) is not type(value[c].array)]
+        if bad:
+            return f"column {bad[0]!r} is backed by {type(got[bad[0]].array).__name__}"
         return _index_difference(value.index, got.index)
     if isinstance(value, pd.Series):
         if not isinstance(got, pd.Series) or len(got) != len(value) or got.dtype != value.dtype:
             return f"got {type(got).__name__} of dtype {getattr(got, 'dtype', None)}"
+        if type(got.array) is not type(value.array):
+            return f"values backed by {type(got.array).__name__} instead of {type(value.array).__name__}"
         if got.name != value.name:
             return f"name {got.name!r} instead of {value.name!r}"
         return _index_difference(value.index, got.index)

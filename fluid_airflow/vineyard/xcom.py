@@ -82,23 +82,15 @@ class VineyardXComBackend(BaseXCom):
         if is_reference(value) or tree.is_tree(value):
             return value  # already in Vineyard (e.g. returned by a pod): keep the reference
         scope = {"key": key, "task_id": task_id, "dag_id": dag_id, "run_id": run_id}
-        if codec.is_vineyard_type(value):
-            _require_scope(scope, type(value))
-            ref = _store(codec.encode(value), value, scope, map_index).to_json()
-            _remember(scope, map_index, value, ref)
-            return ref
-        if tree.contains_vineyard(value):
-            _require_scope(scope, type(value))
-            return _store_tree(value, scope, map_index)
-        serialized = _serde(value, scope)
-        text = json.dumps(serialized)
-        if len(text.encode("utf-8")) < config.get_int("inline_threshold"):
-            _remember(scope, map_index, value, None)
-            return serialized
-        _require_scope(scope, type(value))
-        ref = _store(codec.encode_json(text), text, scope, map_index).to_json()
-        _remember(scope, map_index, value, None)  # JSON text is not reused: it is not the object
-        return ref
+        try:
+            return _serialize(value, scope, map_index)
+        except errors.UnsupportedXComValueError as exc:
+            if str(exc).startswith("XCom "):
+                raise
+            # Raised by codec/tree, which do not know the task: name it here.
+            raise errors.UnsupportedXComValueError(
+                f"XCom {key!r} of task {task_id!r} (DAG {dag_id!r}, run {run_id!r}): {exc}"
+            ) from exc
 
     @staticmethod
     def deserialize_value(result: Any) -> Any:
@@ -149,6 +141,37 @@ class VineyardXComBackend(BaseXCom):
                 log.warning("Could not release Vineyard object %s (%s): %s", ref.object_id, ref.name, exc)
 
 
+def _serialize(value: Any, scope: dict[str, Any], map_index: int | None) -> Any:
+    if codec.is_vineyard_type(value):
+        _require_scope(scope, type(value))
+        ref = _store(codec.encode(value), value, scope, map_index).to_json()
+        _remember(scope, map_index, value, ref)
+        return ref
+    if tree.contains_vineyard(value):
+        _require_scope(scope, type(value))
+        return _store_tree(value, scope, map_index)
+    serialized = _serde(value, scope)
+    text = _json_text(serialized)
+    if len(text.encode("utf-8")) < config.get_int("inline_threshold"):
+        _remember(scope, map_index, value, None)
+        return serialized
+    _require_scope(scope, type(value))
+    ref = _store(codec.encode_json(text), text, scope, map_index).to_json()
+    _remember(scope, map_index, value, None)  # JSON text is not reused: it is not the object
+    return ref
+
+
+def _json_text(serialized: Any) -> str:
+    """JSON of a serialised value, as strict as the DB row will be (no NaN or infinity)."""
+    try:
+        return json.dumps(serialized, allow_nan=False)
+    except ValueError as exc:
+        raise errors.UnsupportedXComValueError(
+            f"the value holds NaN or infinity outside an array ({exc}); JSON cannot carry them. Put such "
+            "numbers in a numpy array or DataFrame, or replace them (e.g. with None)."
+        ) from exc
+
+
 def _require_scope(scope: dict[str, str | None], kind: type) -> None:
     missing = [k for k, v in scope.items() if not v]
     if missing:
@@ -191,8 +214,23 @@ def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dic
         leaf_scope = {**scope, "key": ".".join([scope["key"], *path])}
         return _store(codec.encode(leaf), leaf, leaf_scope, map_index).to_json(compact=True)
 
+    stored: list[dict[str, Any]] = []
+
+    def store_new(leaf: Any, path: list[str]) -> dict[str, Any]:
+        ref = store(leaf, path)
+        stored.append(ref)
+        return ref
+
     try:
-        return tree.to_tree(value, store, lambda plain: _serde(plain, scope))
+        result = tree.to_tree(value, store_new, lambda plain: _serde(plain, scope))
+        _json_text(result)
+        return result
+    except BaseException:
+        owned = [VineyardReference.from_json(r) for r in stored]
+        for ref in owned:
+            if ref.key.startswith(f"{scope['key']}."):  # roll back this push's own leaves
+                release(ref)
+        raise
     finally:
         if scope["key"] == BaseXCom.XCOM_RETURN_KEY:
             _pushed.update(scope=None, order=[])  # the last push of a task instance
@@ -226,11 +264,17 @@ def _store(
         previous = None
     try:
         object_id = client.put(encoded.payload, persist=True)
-    except Exception as exc:
+    except vineyard.NotEnoughMemoryException as exc:
         raise errors.FluidAirflowError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: vineyardd refused the "
-            f"{encoded.type} ({type(exc).__name__}: {exc}). If it is out of memory, free objects or "
-            "start vineyardd with a larger --size."
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: vineyardd has no room for the "
+            f"{encoded.type} ({exc}). Free objects (clear old DAG runs' tasks) or start vineyardd with "
+            "a larger --size."
+        ) from exc
+    except Exception as exc:
+        raise errors.UnsupportedXComValueError(
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "
+            f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
+            "decimals to float or str) before returning it."
         ) from exc
     try:
         meta = client.get_meta(object_id)
@@ -310,8 +354,10 @@ def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
         f"XCom {ref.key!r} of task {ref.producer!r} in DAG run {ref.run_id!r} of DAG {ref.dag_id!r} "
         f"refers to Vineyard object {ref.object_id} ({ref.name}), which is gone: {cause}. Vineyard "
         "objects are lost when vineyardd restarts or when the run's objects were released. Fix: clear "
-        f"task {ref.task_id!r} in that DAG run (UI: Clear, or `airflow tasks clear {ref.dag_id} -t "
-        f"'^{ref.task_id}$'`) so it recomputes the value, then re-run this task."
+        f"task {ref.task_id!r} in DAG run {ref.run_id!r} so it recomputes the value (Airflow UI: open "
+        "the run, select the task, Clear with downstream; or REST: POST "
+        f"/api/v2/dags/{ref.dag_id}/clearTaskInstances with "
+        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true}}).'
     )
 
 
