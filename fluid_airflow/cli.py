@@ -96,7 +96,7 @@ def _start(args: argparse.Namespace) -> int:
     if config.vineyard_socket() == status.socket:
         print("Airflow uses this socket by default ([fluid] vineyard_socket); nothing to export.")
     else:
-        print("To make Airflow use it, set in the environment of the scheduler and workers:")
+        print("To make Airflow use it, set in the environment of every process that runs Airflow tasks:")
         print(f"export AIRFLOW__FLUID__VINEYARD_SOCKET={status.socket}")
     return EXIT_OK
 
