@@ -1,8 +1,9 @@
 """Kubernetes API calls for the Fluid control plane, with errors mapped to named exceptions.
 
 Thin over cncf-kubernetes' ``KubernetesHook`` clients (``custom_object_client``,
-``core_v1_client``); transient failures (5xx, 429, connection errors) are retried with backoff by
-cncf-kubernetes' own ``generic_api_retry`` (kubernetes_helper_functions). Everything returns
+``core_v1_client``); transient failures (5xx, 429, connection errors) are retried with backoff,
+using cncf-kubernetes' own status set and wait strategy (kubernetes_helper_functions) but not
+retrying 409. Everything returns
 plain dicts in the API's camelCase form. The local backend (:mod:`.local`) offers the same
 methods, so :class:`~fluid_airflow.hooks.fluid.FluidHook` works on either.
 """
@@ -12,12 +13,36 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import generic_api_retry
+import tenacity
+from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import (
+    API_RETRIES,
+    TRANSIENT_CONNECTION_ERRORS,
+    TRANSIENT_STATUS_CODES,
+    WaitRetryAfterOrExponential,
+)
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid.manifests import GROUP, VERSION
 
 REQUEST_TIMEOUT = 30.0  # seconds per API request; no call may hang
+
+
+def _transient(exc: BaseException) -> bool:
+    """cncf-kubernetes' transient errors, minus 409: for our creates it means AlreadyExists,
+    which waiting does not change (cncf retries it for resourceVersion conflicts on updates)."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        return exc.status in TRANSIENT_STATUS_CODES and exc.status != 409
+    return isinstance(exc, TRANSIENT_CONNECTION_ERRORS)
+
+
+_retry = tenacity.retry(
+    stop=tenacity.stop_after_attempt(API_RETRIES),
+    wait=WaitRetryAfterOrExponential(),
+    retry=tenacity.retry_if_exception(_transient),
+    reraise=True,
+)
 
 
 def _status_body(exc: Any) -> dict[str, Any]:
@@ -77,7 +102,7 @@ class KubernetesFluidClient:
     ) -> Any:
         from kubernetes.client.exceptions import ApiException
 
-        @generic_api_retry
+        @_retry
         def attempt() -> Any:
             return fn(*args, _request_timeout=self.request_timeout, **kw)
 
