@@ -40,6 +40,17 @@ AIRFLOW_ENV = {
 os.environ.update(AIRFLOW_ENV)
 
 
+@pytest.fixture(autouse=True)
+def _kubernetes_default_configuration():
+    """cncf-kubernetes' KubernetesHook loads a kubeconfig into the kubernetes client's
+    process-wide default Configuration; restore it so no test sees another test's API server."""
+    from kubernetes import client
+
+    saved = client.Configuration.get_default_copy()
+    yield
+    client.Configuration.set_default(saved)
+
+
 @pytest.fixture(scope="session")
 def vineyardd():
     """A local vineyardd (2 GiB, ``--meta local``, no RPC) in the session's runtime dir."""
