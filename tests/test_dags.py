@@ -9,7 +9,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 from conftest import BIN, task_states, xcom_rows
 
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
@@ -116,10 +115,17 @@ def test_concurrent_runs_of_one_dag_do_not_see_each_other(vineyardd):
             assert json.loads(raw) == {"token": token, "values": [float(token)]}
 
 
-@pytest.mark.parametrize("command", [["providers", "list"], ["providers", "hooks"]])
-def test_airflow_lists_the_provider(command):
-    out = subprocess.run([str(BIN / "airflow"), *command], capture_output=True, text=True, check=True)
-    assert "fluid-airflow" in out.stdout
+def test_airflow_lists_the_provider_and_its_connection_types():
+    listed = subprocess.run(
+        [str(BIN / "airflow"), "providers", "list"], capture_output=True, text=True, check=True
+    )
+    assert "fluid-airflow" in listed.stdout
+    hooks = subprocess.run(
+        [str(BIN / "airflow"), "providers", "hooks"], capture_output=True, text=True, check=True
+    )
+    rows = {line.split("|")[0].strip(): line for line in hooks.stdout.splitlines() if "fluid_airflow" in line}
+    assert "fluid_airflow.hooks.vineyard.VineyardHook" in rows["vineyard"]
+    assert "fluid_airflow.hooks.fluid.FluidHook" in rows["fluid"]
 
 
 def test_multiple_outputs_store_each_array_once(run_dag, vineyard_client):
