@@ -20,13 +20,14 @@ JSON patch, apply or deletecollection (400/415/405 rather than pretending); a st
 as a JSON merge patch (lists replaced, not merged by key); core objects are validated *strictly* (a real
 server drops unknown fields with a warning) and not defaulted; no scheduler or kubelet: a pod stays
 ``Pending`` until a test sets its phase, and a deleted pod goes after ``pod_grace_seconds``; any namespace
-is accepted; no ``pvc-protection``. Fluid's controllers are simulated in ``k8s_double_fluid.py`` (``.fluid``).
+is accepted; no ``pvc-protection``. Fluid's controllers are simulated in ``k8s_double_fluid.py`` (``.fluid``);
+the stateless API semantics (resource types, Status errors, admission, merge patch, selectors) are in
+``k8s_double_schema.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import re
 import secrets
@@ -40,258 +41,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import jsonschema
 import kubernetes
-import kubernetes_validate
 import pytest
 import yaml
 from k8s_double_fluid import FluidSimulation
+from k8s_double_schema import (
+    CRD_DIR,
+    FLUID_GROUP,
+    RESOURCES,
+    ApiError,
+    Resource,
+    admit,
+    decode,
+    discovery,
+    field_selector,
+    injected_error,
+    label_selector,
+    merge_patch,
+    route,
+    status_error,
+)
+from k8s_double_schema import NOT_FOUND as NOT_FOUND  # re-exported: test modules import it from here
 
-CRD_DIR = Path(__file__).resolve().parent / "crds"
-KUBE_VERSION = "1.30"  # kubernetes_validate schemas used for core objects; also what /version reports
 TOKEN = "k8s-api-double-token"
-USER = "system:serviceaccount:default:airflow"  # who is "forbidden" in injected 403s
-NOT_FOUND = "the server could not find the requested resource"
-REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed"}
-REASONS |= {409: "Conflict", 415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests"}
-REASONS |= {500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
-MESSAGES = {
-    500: "Internal error occurred: injected by the Kubernetes API test double",
-    503: "the server is currently unable to handle the request",
-}
-DNS1123 = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-DNS1123_RULE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
-    "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
-    f"'{DNS1123}')"
-)
-JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 SERVER_META = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
-ROUTE = re.compile(
-    r"/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))(?:/namespaces/(?P<ns>[^/]+))?"
-    r"/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?"
-)
-POD_FIELDS = {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName"}
-POD_FIELDS |= {"status.phase", "status.podIP", "status.nominatedNodeName"}
-
-
-@dataclass(frozen=True)
-class Resource:
-    plural: str
-    kind: str
-    group: str = ""
-    version: str = "v1"
-    crd: str | None = None  # file name in tests/crds
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def qualified(self) -> str:  # "datasets.data.fluid.io", as API server messages name it
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
-
-FLUID_GROUP = "data.fluid.io"
-RESOURCES = {
-    r.plural: r
-    for r in (
-        Resource("pods", "Pod"),
-        Resource("persistentvolumeclaims", "PersistentVolumeClaim"),
-        Resource("datasets", "Dataset", FLUID_GROUP, "v1alpha1", "data.fluid.io_datasets.yaml"),
-        Resource(
-            "vineyardruntimes",
-            "VineyardRuntime",
-            FLUID_GROUP,
-            "v1alpha1",
-            "data.fluid.io_vineyardruntimes.yaml",
-        ),
-    )
-}
-
-
-class ApiError(Exception):
-    """A Kubernetes ``Status`` failure; ``body()`` is what the API server sends."""
-
-    def __init__(self, code: int, message: str, reason: str | None = None, details: dict | None = None):
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details
-        self.reason = reason or REASONS.get(code, "Unknown")
-
-    def body(self) -> dict:
-        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
-        body |= {"message": self.message, "reason": self.reason, "code": self.code}
-        return body | ({"details": self.details} if self.details is not None else {})
-
-
-def status_error(code: int, res: Resource, name: str = "", verb: str = "get", ns=None, sub=None, causes=()):
-    """The error the API server answers with ``code`` about ``res``/``name``, worded as it words it."""
-    details = {"name": name, **({"group": res.group} if res.group else {}), "kind": res.plural}
-    if code == 403:
-        who = f'{res.qualified} "{name}"' if name and verb != "create" else res.qualified
-        what = f"{res.plural}/{sub}" if sub else res.plural
-        text = f'{who} is forbidden: User "{USER}" cannot {verb} resource "{what}" in API group "{res.group}"'
-        return ApiError(403, f'{text} in the namespace "{ns}"' if ns else text, details=details)
-    if code == 404:
-        return ApiError(404, f'{res.qualified} "{name}" not found' if name else NOT_FOUND, details=details)
-    if code == 409 and verb == "create":
-        return ApiError(409, f'{res.qualified} "{name}" already exists', "AlreadyExists", details)
-    if code == 409:
-        text = "the object has been modified; please apply your changes to the latest version and try again"
-        return ApiError(
-            409, f'Operation cannot be fulfilled on {res.qualified} "{name}": {text}', details=details
-        )
-    if code == 422:
-        parts = [f"{c['field']}: {c['message']}" for c in causes]
-        text = parts[0] if len(parts) == 1 else f"[{', '.join(parts)}]"
-        kind = f"{res.kind}.{res.group}" if res.group else res.kind
-        return ApiError(
-            422, f'{kind} "{name}" is invalid: {text}', details={**details, "causes": list(causes)}
-        )
-    return ApiError(
-        code, MESSAGES.get(code, REASONS.get(code, "error")), REASONS.get(code, "Unknown"), details
-    )
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
-
-
-def _causes(errors) -> list[dict]:
-    """``details.causes`` for jsonschema errors, naming the field path as the API server does."""
-    causes = []
-    for err in errors:
-        path, value = functools.reduce(_join, err.absolute_path, ""), json.dumps(err.instance)
-        if err.validator == "required":
-            missing = re.match(r"'(.*)' is a required property", err.message)
-            cause = ("FieldValueRequired", "Required value", _join(path, missing[1] if missing else "?"))
-        elif err.validator == "enum":
-            allowed = ", ".join(json.dumps(v) for v in err.validator_value)
-            cause = (
-                "FieldValueNotSupported",
-                f"Unsupported value: {value}: supported values: {allowed}",
-                path,
-            )
-        elif err.validator == "type":
-            got = JSON_TYPES.get(type(err.instance), "null")
-            text = f'Invalid value: "{got}": {path} in body must be of type {err.validator_value}: "{got}"'
-            cause = ("FieldValueTypeInvalid", text, path)
-        else:
-            cause = ("FieldValueInvalid", f"Invalid value: {value}: {err.message}", path)
-        causes.append(dict(zip(("reason", "message", "field"), cause, strict=True)))
-    return sorted(causes, key=lambda c: c["field"])
-
-
-def _jsonschema(node: dict) -> dict:
-    """A CRD structural schema as JSON Schema: int-or-string → anyOf, nullable; other x-kubernetes-* go."""
-    out = {}
-    for key, value in node.items():
-        if key == "properties":
-            out[key] = {name: _jsonschema(sub) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
-            out[key] = _jsonschema(value)
-        elif key in ("anyOf", "allOf", "oneOf"):
-            out[key] = [_jsonschema(sub) for sub in value]
-        elif not key.startswith("x-kubernetes-") and key != "nullable":
-            out[key] = value
-    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("nullable") and isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
-    return out
-
-
-def _prune(value: Any, schema: dict, path: str, unknown: list[str]) -> None:
-    """Structural-schema pruning and defaulting in place, as the API server does; drops → ``unknown``."""
-    if isinstance(value, dict):
-        props = schema.get("properties")
-        if props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            for key in [k for k in value if k not in props]:
-                unknown.append(_join(path, key))
-                del value[key]
-        for key, sub in (props or {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                _prune(value[key], sub, _join(path, key), unknown)
-        if isinstance(schema.get("additionalProperties"), dict):
-            for key in value:
-                _prune(value[key], schema["additionalProperties"], _join(path, key), unknown)
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            _prune(item, schema["items"], _join(path, i), unknown)
-
-
-@functools.lru_cache
-def load_crd_schema(path: Path, version: str = "v1alpha1") -> dict:
-    """``spec.versions[<version>].schema.openAPIV3Schema`` of a CRD manifest (cached: do not mutate)."""
-    crd = yaml.safe_load(path.read_text())
-    return next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
-
-
-@functools.lru_cache
-def _validator(path: Path) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_jsonschema(load_crd_schema(path)))
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch (``null`` deletes)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    target = target if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        else:
-            target[key] = merge_patch(target.get(key), value)
-    return target
-
-
-def _label_selector(text: str):
-    reqs = []
-    for part in re.split(r",(?![^()]*\))", text) if text.strip() else []:
-        m = re.fullmatch(
-            r"\s*(!?)\s*([\w./-]+)\s*(?:(==|=|!=)\s*([\w.-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*", part
-        )
-        if not m or (m[1] and (m[3] or m[5])):
-            raise ApiError(400, f"unable to parse requirement: {part!r}")
-        reqs.append(m.groups())
-
-    def match(obj: dict) -> bool:
-        labels = obj["metadata"].get("labels") or {}
-        for neg, key, op, val, setop, vals in reqs:
-            have = labels.get(key)
-            if op:
-                ok = (have == val) == (op != "!=")
-            elif setop:
-                ok = (have in {v.strip() for v in vals.split(",")}) == (setop == "in")
-            else:
-                ok = (have is None) == bool(neg)
-            if not ok:
-                return False
-        return True
-
-    return match
-
-
-def _field_selector(res: Resource, text: str):
-    reqs = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = re.fullmatch(r"([\w.]+)\s*(==|=|!=)\s*(.*)", part)
-        if not m:
-            raise ApiError(400, f"invalid selector: '{text}'; can't understand '{part}'")
-        if m[1] not in {"metadata.name", "metadata.namespace"} | (
-            POD_FIELDS if res.plural == "pods" else set()
-        ):
-            raise ApiError(400, f"field label not supported: {m[1]}")
-        reqs.append(m.groups())
-
-    def value(obj: Any, dotted: str) -> str:
-        for part in dotted.split("."):
-            obj = obj.get(part) if isinstance(obj, dict) else None
-        return "" if obj is None else str(obj)
-
-    return lambda obj: all((value(obj, f) == v) == (op != "!=") for f, op, v in reqs)
+MERGE_PATCHES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 
 
 @dataclass
@@ -312,14 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        code, body, headers = self.double.handle(self.command, self.path, self.headers, raw)
+        code, body, extra = self.double.handle(self.command, self.path, self.headers, raw)
         data = json.dumps(body).encode()
         self.send_response(code)
-        for name, value in [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-            *headers,
-        ]:
+        for name, value in [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
@@ -381,19 +151,12 @@ class KubeApiDouble:
 
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
         """A kubeconfig whose current context is this double, a dummy bearer token and ``namespace``."""
-        context = {"cluster": "k8s-api-double", "user": "k8s-api-double", "namespace": namespace}
-        Path(path).write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "k8s-api-double", "cluster": {"server": self.url}}],
-                    "users": [{"name": "k8s-api-double", "user": {"token": self.token}}],
-                    "contexts": [{"name": "k8s-api-double", "context": context}],
-                    "current-context": "k8s-api-double",
-                }
-            )
-        )
+        name, context = "k8s-api-double", {"cluster": "k8s-api-double", "user": "k8s-api-double"}
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": name}
+        config["clusters"] = [{"name": name, "cluster": {"server": self.url}}]
+        config["users"] = [{"name": name, "user": {"token": self.token}}]
+        config["contexts"] = [{"name": name, "context": context | {"namespace": namespace}}]
+        Path(path).write_text(yaml.safe_dump(config))
         return Path(path)
 
     # -- knobs ---------------------------------------------------------------------------------------------
@@ -500,10 +263,8 @@ class KubeApiDouble:
     def handle(self, method: str, target: str, headers, raw: bytes) -> tuple[int, dict, list]:
         """Answer one request: (status code, JSON body, extra headers)."""
         url = urlsplit(target)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        record = RecordedRequest(
-            method, url.path.rstrip("/") or "/", query, None, headers.get("Content-Type")
-        )
+        path, query = url.path.rstrip("/") or "/", {k: v[-1] for k, v in parse_qs(url.query).items()}
+        record = RecordedRequest(method, path, query, None, headers.get("Content-Type"))
         extra = []
         with self._lock:
             self.requests.append(record)
@@ -527,30 +288,13 @@ class KubeApiDouble:
             wanted, pattern, status, times, message, reason = inj
             if times > 0 and wanted in ("*", method) and re.search(pattern, path):
                 inj[3] -= 1
-                raise self._injected(method, path, record.body, status, message, reason)
-        if path == "/version":
-            major, minor = KUBE_VERSION.split(".")
-            info = dict.fromkeys(("gitCommit", "gitTreeState", "buildDate", "goVersion", "compiler"), "n/a")
-            return 200, info | {
-                "major": major,
-                "minor": minor,
-                "gitVersion": f"v{KUBE_VERSION}.0",
-                "platform": "linux",
-            }
-        if path == "/api":
-            return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
-        if path == "/apis":
-            version = {"groupVersion": f"{FLUID_GROUP}/v1alpha1", "version": "v1alpha1"}
-            group = {"name": FLUID_GROUP, "versions": [version], "preferredVersion": version}
-            return 200, {
-                "kind": "APIGroupList",
-                "apiVersion": "v1",
-                "groups": [group] if self.fluid.installed else [],
-            }
+                raise injected_error(method, path, record.body, status, message, reason)
+        if (info := discovery(path, self.fluid.installed)) is not None:
+            return 200, info
         if "watch" in query or "dryRun" in query:
             raise ApiError(400, "watch and dryRun are not supported by the Kubernetes API test double")
         self._reconcile()
-        res, ns, name, sub = self._route(path)
+        res, ns, name, sub = route(path, self.fluid.installed)
         if name is None and method == "GET":
             return 200, self._list(res, ns, query)
         if name is None and method == "POST" and ns:
@@ -566,34 +310,6 @@ class KubeApiDouble:
             return 200, self._delete(res, ns, name, record.body or {})
         raise ApiError(405, "the server does not allow this method on the requested resource")
 
-    def _injected(self, method: str, path: str, body: Any, status: int, message, reason) -> ApiError:
-        m = ROUTE.fullmatch(path)
-        if not m or m["plural"] not in RESOURCES:
-            err = ApiError(status, NOT_FOUND, REASONS.get(status, "Unknown"), {})
-        else:
-            new_name = ((body if isinstance(body, dict) else {}).get("metadata") or {}).get("name", "")
-            verb = {"GET": "get" if m["name"] else "list", "POST": "create", "PUT": "update"}.get(method)
-            cause = {"reason": "FieldValueInvalid", "message": message or "Invalid value", "field": "spec"}
-            res = RESOURCES[m["plural"]]
-            err = status_error(
-                status, res, m["name"] or new_name, verb or method.lower(), m["ns"], m["sub"], [cause]
-            )
-        err.message, err.reason = message or err.message, reason or err.reason
-        return err
-
-    def _route(self, path: str) -> tuple[Resource, str | None, str | None, str | None]:
-        m = ROUTE.fullmatch(path)
-        res = RESOURCES.get(m["plural"]) if m else None
-        if (
-            res is None
-            or (m["group"] or "", m["version"] or "v1") != (res.group, res.version)
-            or (res.group == FLUID_GROUP and not self.fluid.installed)
-            or m["sub"] not in (None, "status")
-            or (m["name"] and not m["ns"])
-        ):
-            raise ApiError(404, NOT_FOUND, details={})
-        return res, m["ns"], m["name"], m["sub"]
-
     # -- verbs ---------------------------------------------------------------------------------------------
     def _get(self, res: Resource, ns: str, name: str) -> dict:
         obj = self._objects[res.plural].get((ns, name))
@@ -602,78 +318,36 @@ class KubeApiDouble:
         return obj
 
     def _list(self, res: Resource, ns: str | None, query: dict) -> dict:
-        labels = _label_selector(query.get("labelSelector", ""))
-        fields = _field_selector(res, query.get("fieldSelector", ""))
+        labels = label_selector(query.get("labelSelector", ""))
+        fields = field_selector(res, query.get("fieldSelector", ""))
         items = [copy.deepcopy(o) for o in self.stored(res.plural, ns) if labels(o) and fields(o)]
         for item in [] if res.group else items:  # core list items carry no kind/apiVersion
             del item["kind"], item["apiVersion"]
         meta = {"resourceVersion": str(self._rv)}
         return {"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta, "items": items}
 
-    def _decode(self, res: Resource, body: Any) -> dict:
-        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
-            raise ApiError(400, f"the body of a {res.kind} write must be a JSON object with object metadata")
-        obj = copy.deepcopy(body)
-        if res.group and not (obj.get("kind") and obj.get("apiVersion")):
-            raise ApiError(400, f"Object 'Kind' is missing in '{json.dumps(body)[:200]}'")
-        obj.setdefault("metadata", {})
-        kind, api_version = obj.setdefault("kind", res.kind), obj.setdefault("apiVersion", res.api_version)
-        if (kind, api_version) != (res.kind, res.api_version):
-            raise ApiError(400, f"{api_version}, Kind={kind} does not match the {res.qualified} endpoint")
-        return obj
-
-    def _admit(self, res: Resource, obj: dict, query: dict, warnings: list[str]) -> None:
-        """Name check, then CRD pruning + defaulting + schema validation, or kubernetes_validate (strict)."""
-        name = obj["metadata"].get("name") or ""
-        if len(name) > 253 or not re.fullmatch(DNS1123, name):
-            text = f'Invalid value: "{name}": {DNS1123_RULE}' if name else "Required value: name is required"
-            cause = {"reason": "FieldValueInvalid" if name else "FieldValueRequired", "message": text}
-            raise status_error(422, res, name, causes=[{**cause, "field": "metadata.name"}])
-        if res.crd:
-            unknown: list[str] = []
-            _prune(obj, load_crd_schema(self.crd_dir / res.crd), "", unknown)
-            if unknown and query.get("fieldValidation") == "Strict":
-                raise ApiError(
-                    400, "strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown)
-                )
-            if query.get("fieldValidation") != "Ignore":
-                warnings += [f'unknown field "{u}"' for u in unknown]
-            causes = _causes(_validator(self.crd_dir / res.crd).iter_errors(obj))
-        else:
-            try:
-                kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-                causes = []
-            except kubernetes_validate.ValidationError as err:
-                causes = _causes([err])
-        if causes:
-            raise status_error(422, res, name, causes=causes)
-
     def _create(self, res: Resource, ns: str, body: Any, query: dict, warnings: list[str]) -> dict:
-        obj = self._decode(res, body)
+        obj = decode(res, body)
         meta = obj["metadata"]
         if meta.setdefault("namespace", ns) != ns:
             raise ApiError(
                 400, "the namespace of the provided object does not match the namespace sent on the request"
             )
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + "".join(
-                secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5)
-            )
+            suffix = "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+            meta["name"] = meta["generateName"] + suffix
         for key in (*SERVER_META, "resourceVersion"):
             meta.pop(key, None)
         obj.pop("status", None)
         if not res.group:
             obj["status"] = {"phase": "Pending"}
-        self._admit(res, obj, query, warnings)
+        admit(res, obj, self.crd_dir, query, warnings)
         if self.get_stored(res.plural, ns, meta["name"]) is not None:
             raise status_error(409, res, meta["name"], "create")
         return copy.deepcopy(self.save(res.plural, obj))
 
     def _patched(self, res: Resource, ns: str, name: str, patch: Any, content_type: str | None) -> dict:
-        if (content_type or "").split(";")[0].strip() not in (
-            "application/merge-patch+json",
-            "application/strategic-merge-patch+json",
-        ):
+        if (content_type or "").split(";")[0].strip() not in MERGE_PATCHES:
             raise ApiError(
                 415, f"the Kubernetes API test double only accepts merge patches, not {content_type}"
             )
@@ -683,17 +357,15 @@ class KubeApiDouble:
 
     def _replace(self, res, ns, name, sub, body, query, warnings, patch=False) -> dict:
         old = self._get(res, ns, name)
-        new = self._decode(res, body)
+        new = decode(res, body)
         meta = new["metadata"]
         if (meta.setdefault("name", name), meta.setdefault("namespace", ns)) != (name, ns):
             raise ApiError(400, f"the name or namespace of the object does not match the URL ({ns}/{name})")
         rv = meta.get("resourceVersion")
         if rv is None and res.group and not patch:
-            cause = {
-                "reason": "FieldValueInvalid",
-                "message": "Invalid value: 0x0: must be specified for an update",
-            }
-            raise status_error(422, res, name, causes=[{**cause, "field": "metadata.resourceVersion"}])
+            text = "Invalid value: 0x0: must be specified for an update"
+            cause = {"reason": "FieldValueInvalid", "message": text, "field": "metadata.resourceVersion"}
+            raise status_error(422, res, name, causes=[cause])
         if rv is not None and rv != old["metadata"]["resourceVersion"]:
             raise status_error(409, res, name, "update")
         if sub == "status":  # only the status changes
@@ -701,15 +373,14 @@ class KubeApiDouble:
             new = {k: v for k, v in new.items() if v is not None}
         else:  # everything but the status and server-set metadata
             meta.update({k: old["metadata"][k] for k in SERVER_META if k in old["metadata"]})
-            new = {k: v for k, v in new.items() if k != "status"} | (
-                {"status": old["status"]} if "status" in old else {}
-            )
+            new = {k: v for k, v in new.items() if k != "status"}
+            new |= {"status": old["status"]} if "status" in old else {}
             if {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
                 k: v for k, v in old.items() if k not in ("metadata", "status")
             }:
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        self._admit(res, new, query, warnings)
+        admit(res, new, self.crd_dir, query, warnings)
         stored = self.save(res.plural, copy.deepcopy(new))
         if stored["metadata"].get("deletionTimestamp") and not stored["metadata"].get("finalizers"):
             self._drop(res.plural, stored)  # its last finalizer went: gone now
