@@ -39,11 +39,13 @@ def get_provider_info() -> dict[str, Any]:
                     "fluid_airflow.operators.dataset",
                     "fluid_airflow.operators.runtime",
                     "fluid_airflow.operators.cleanup",
+                    "fluid_airflow.operators.pod",
                 ],
             },
         ],
         "sensors": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.sensors.fluid"]}],
         "triggers": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.triggers.fluid"]}],
+        "task-decorators": [{"name": "fluid", "class-name": "fluid_airflow.decorators.fluid.fluid_task"}],
         "connection-types": [
             {
                 "connection-type": "vineyard",

@@ -161,7 +161,33 @@ def test_fluid_pipeline_runs_on_the_local_backend(run_dag, monkeypatch):
     got = values(dr)
     assert got[("create_dataset", -1, "return_value")]["created"] is True
     assert got[("bind_runtime", -1, "return_value")]["backend"] == "local"
+    assert got[("preprocess", -1, "return_value")]["__vineyard_tree__"] == 1  # references, not data
+    assert is_reference(got[("train", -1, "return_value")])
     assert got[("test", -1, "return_value")]["r2"] > 0.5
     assert got[("cleanup", -1, "return_value")] == {"pods": [], "dataset": True, "runtime": True}
     fluid_root = config.runtime_dir() / "fluid"
     assert not any(fluid_root.iterdir()) and not processes_naming(str(fluid_root))
+
+
+def test_fluid_task_passes_references_and_never_loads_payloads_in_the_worker(run_dag, monkeypatch, tmp_path):
+    from fluid_airflow.vineyard import xcom
+
+    conn = {"conn_type": "fluid", "extra": {"backend": "local", "local_max_cache": "256Mi"}}
+    monkeypatch.setenv("AIRFLOW_CONN_FLUID_DEFAULT", json.dumps(conn))
+    loaded_before = xcom.resolved_in_process
+    dr = run_dag("fa_fluid_task", conf={"marker_dir": str(tmp_path), "scale": 5})
+    assert str(dr.state) == "success", task_states(dr)
+    got = values(dr)
+    summary = got[("summarize", -1, "return_value")]
+    assert summary == {
+        "label": "arange",
+        "total": float(sum(range(400_000))),
+        "read_only": True,  # zero-copy view of the Dataset's vineyardd, in the task's own process
+        "scaled": [5.0, 10.0, 15.0],
+    }
+    # What came back through XCom are references; one object per map index.
+    assert got[("produce", -1, "return_value")]["__vineyard_tree__"] == 1
+    names = {got[("scale", i, "return_value")]["name"] for i in range(3)}
+    assert len(names) == 3 and all(is_reference(got[("scale", i, "return_value")]) for i in range(3))
+    assert xcom.resolved_in_process == loaded_before  # the Airflow worker never loaded a payload
+    assert task_states(dr)[("cleanup", -1)] == "success"

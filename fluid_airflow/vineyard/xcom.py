@@ -23,6 +23,9 @@ import json
 import logging
 import socket
 from collections import namedtuple
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
@@ -46,6 +49,38 @@ _Result = namedtuple("_Result", ["value"])
 # Airflow makes after the per-key pushes of ``multiple_outputs`` reuses those objects instead of
 # storing every array twice. Holds at most one task instance's pushes; cleared at return_value.
 _pushed: dict[str, Any] = {"scope": None, "order": []}
+
+
+# Set by @task.fluid while Airflow resolves a task's arguments: references then stay references
+# (the payload must not be loaded in the Airflow worker), and by the pod/subprocess runner to
+# store and load through the Dataset's vineyardd instead of the configured one.
+_resolve_references: ContextVar[bool] = ContextVar("fluid_airflow_resolve_references", default=True)
+_client_override: ContextVar[Any] = ContextVar("fluid_airflow_vineyard_client", default=None)
+resolved_in_process = 0  # payloads this process loaded through deserialize_value (for tests)
+
+
+@contextmanager
+def references_only() -> Iterator[None]:
+    """Within this block ``deserialize_value`` returns references (dicts) instead of payloads."""
+    token = _resolve_references.set(False)
+    try:
+        yield
+    finally:
+        _resolve_references.reset(token)
+
+
+@contextmanager
+def use_client(client: Any) -> Iterator[None]:
+    """Within this block the backend stores and loads through ``client`` (a vineyard Client)."""
+    token = _client_override.set(client)
+    try:
+        yield
+    finally:
+        _client_override.reset(token)
+
+
+def _client() -> Any:
+    return _client_override.get() or backend_hook().get_conn()
 
 
 def backend_hook() -> VineyardHook:
@@ -102,6 +137,8 @@ class VineyardXComBackend(BaseXCom):
 
         :raises VineyardObjectLostError: the referenced object is gone or was replaced.
         """
+        if (is_reference(result.value) or tree.is_tree(result.value)) and not _resolve_references.get():
+            return result.value
         if is_reference(result.value):
             return resolve(VineyardReference.from_json(result.value))
         if tree.is_tree(result.value):
@@ -254,8 +291,7 @@ def _store(
 ) -> VineyardReference:
     import vineyard
 
-    hook = backend_hook()
-    client = hook.get_conn()
+    client = _client()
     index = -1 if map_index is None else int(map_index)
     name = xcom_object_name(prefix=config.get("name_prefix"), map_index=index, **scope)
     try:
@@ -335,8 +371,10 @@ def resolve(ref: VineyardReference) -> Any:
     """
     import vineyard
 
-    client = backend_hook().get_conn()
+    global resolved_in_process
+    client = _client()
     object_id = vineyard.ObjectID(ref.object_id)
+    resolved_in_process += 1
     try:
         meta = client.get_meta(object_id)
     except vineyard.ObjectNotExistsException as exc:
@@ -368,7 +406,7 @@ def release(ref: VineyardReference) -> bool:
     """
     import vineyard
 
-    client = backend_hook().get_conn()
+    client = _client()
     object_id = vineyard.ObjectID(ref.object_id)
     try:
         if client.get_name(ref.name) == object_id:

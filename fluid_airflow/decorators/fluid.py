@@ -1,0 +1,182 @@
+"""``@task.fluid``: run a Python function next to a Dataset's data, passing Vineyard references.
+
+Like ``@task.kubernetes`` (cncf-kubernetes ``decorators/kubernetes.py``), the function's source
+runs in a pod — here a :class:`~fluid_airflow.operators.pod.FluidPodOperator` pod that mounts the
+Dataset and prefers the nodes holding the inputs. Unlike it:
+
+- arguments that are Vineyard references stay references on the Airflow worker (the backend is
+  told not to load them while Airflow renders the arguments) and are resolved inside the pod by
+  :mod:`fluid_airflow.decorators.runner`; the return value is stored there and only its
+  reference comes back through the XCom sidecar. The worker never holds a payload;
+- arguments travel as JSON (Airflow serde), not pickle;
+- on the local backend (a ``fluid`` connection with ``backend: local``) the same runner runs in
+  a local subprocess against the Dataset's local vineyardd, so a DAG runs unchanged on a laptop.
+
+The pod image must have ``fluid-airflow`` installed (it brings vineyard, numpy, pandas, pyarrow).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.common.compat.sdk import DecoratedOperator, TaskDecorator, task_decorator_factory
+
+from fluid_airflow import exceptions as errors
+from fluid_airflow.operators.pod import FluidPodOperator
+
+SPEC_ENV = "__FLUID_TASK_SPEC"
+XCOM_RETURN = "/airflow/xcom/return.json"
+
+
+def _references(value: Any) -> list[dict[str, Any]]:
+    """Every Vineyard reference in ``value`` (nested in lists, tuples, dicts, trees)."""
+    from fluid_airflow.vineyard import tree
+    from fluid_airflow.vineyard.reference import is_reference
+
+    if is_reference(value):
+        return [value]
+    if tree.is_tree(value):
+        return tree.tree_refs(value)
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _references(v)]
+    if isinstance(value, (list, tuple)):
+        return [r for v in value for r in _references(v)]
+    return []
+
+
+class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
+    """The operator behind ``@task.fluid``; takes every FluidPodOperator argument."""
+
+    custom_operator_name = "@task.fluid"
+    # cmds and arguments are ours; everything else of KPO stays templated.
+    template_fields: Sequence[str] = tuple(
+        {"op_args", "op_kwargs", *FluidPodOperator.template_fields} - {"cmds", "arguments"}
+    )
+    shallow_copy_attrs: Sequence[str] = ("python_callable",)
+
+    def __init__(self, *, namespace: str | None = None, **kwargs: Any) -> None:
+        name = kwargs.pop(
+            "name", f"fluid-task-{kwargs['python_callable'].__name__}".replace("_", "-").lower()
+        )
+        kwargs.setdefault("do_xcom_push", True)
+        super().__init__(namespace=namespace, name=name, cmds=["placeholder-command"], **kwargs)
+        self._local_process: subprocess.Popen[bytes] | None = None
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        from fluid_airflow.vineyard.xcom import references_only
+
+        # Upstream XComArgs are resolved here: keep Vineyard references as references.
+        with references_only():
+            super().render_template_fields(context, jinja_env)
+
+    def _spec(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.serde import serialize
+
+        from fluid_airflow.vineyard.xcom import references_only
+
+        ti = context["ti"]
+        with references_only():  # a lazy mapped upstream is read now: keep its items references
+            args = [list(a) if _is_lazy(a) else a for a in self.op_args]
+            kwargs = {k: list(v) if _is_lazy(v) else v for k, v in self.op_kwargs.items()}
+        for key in ("ti", "task_instance", "dag_run", "params", "dag", "task"):
+            kwargs.pop(key, None)  # context objects cannot travel; use arguments instead
+        return {
+            "function": self.python_callable.__name__,
+            "source": self.get_python_source(),
+            "inputs": serialize({"args": args, "kwargs": kwargs}),
+            "scope": {
+                "dag_id": ti.dag_id,
+                "run_id": ti.run_id,
+                "task_id": ti.task_id,
+                "map_index": ti.map_index,
+            },
+        }
+
+    def execute(self, context: Any) -> Any:
+        from fluid_airflow.hooks.fluid import FluidHook
+
+        spec = self._spec(context)
+        self.input_refs = _references([self.op_args, self.op_kwargs])
+        hook = FluidHook(self.fluid_conn_id)
+        if hook.backend == "local":
+            return self._execute_local(hook, spec)
+        if not self.image:
+            raise errors.FluidSpecError(
+                f"@task.fluid {self.task_id!r} runs in a pod on the kubernetes backend: give image=... "
+                "(an image with fluid-airflow installed)."
+            )
+        encoded = base64.b64encode(json.dumps(spec).encode()).decode()
+        self.env_vars = [*(self.env_vars or []), {"name": SPEC_ENV, "value": encoded}]  # converted by KPO
+        self.cmds = ["python", "-m", "fluid_airflow.decorators.runner", "--spec-env", SPEC_ENV]
+        self.arguments = ["--output", XCOM_RETURN]
+        return super().execute(context)
+
+    def _execute_local(self, hook: Any, spec: dict[str, Any]) -> Any:
+        namespace = self.dataset_namespace or hook.namespace(None)
+        socket_path = hook.client.ipc_socket(namespace, self.dataset_name)
+        env = {**os.environ, **_plain_env(self.env_vars), "VINEYARD_IPC_SOCKET": socket_path}
+        with tempfile.TemporaryDirectory(prefix="fluid-task-") as tmp:
+            spec_file, output = Path(tmp) / "spec.json", Path(tmp) / "return.json"
+            spec_file.write_text(json.dumps(spec))
+            command = [sys.executable, "-m", "fluid_airflow.decorators.runner", "--spec", str(spec_file)]
+            self._local_process = subprocess.Popen(
+                [*command, "--output", str(output)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            out, _ = self._local_process.communicate()
+            for line in out.decode(errors="replace").splitlines():
+                self.log.info("%s", line)
+            code, self._local_process = self._local_process.returncode, None
+            if code != 0:
+                raise errors.FluidAirflowError(
+                    f"@task.fluid {self.task_id!r} failed in its local process (exit code {code}); "
+                    "see the log above."
+                )
+            return json.loads(output.read_text())
+
+    def on_kill(self) -> None:
+        if self._local_process is not None:
+            self._local_process.kill()  # the local stand-in for deleting the pod
+        super().on_kill()
+
+
+def _plain_env(env_vars: Any) -> dict[str, str]:
+    """The task's (rendered) ``env_vars`` as a dict, for the local process (pods get them from KPO)."""
+    if isinstance(env_vars, dict):
+        return {str(k): str(v) for k, v in env_vars.items()}
+    plain = {}
+    for var in env_vars or []:
+        name = var["name"] if isinstance(var, dict) else var.name
+        value = var.get("value") if isinstance(var, dict) else var.value
+        if value is not None:
+            plain[name] = str(value)
+    return plain
+
+
+def _is_lazy(value: Any) -> bool:
+    """A lazily resolved mapped upstream (LazyXComSequence): sent as a list of references."""
+    return type(value).__name__ == "LazyXComSequence"
+
+
+def fluid_task(
+    python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any
+) -> TaskDecorator:
+    """``@task.fluid(dataset_name=..., image=..., ...)``: run the function next to the Dataset.
+
+    Takes every :class:`~fluid_airflow.operators.pod.FluidPodOperator` (and so KPO) argument;
+    ``dataset_name`` is required. Returns the reference of what the function returned (or a
+    small JSON value), pushed as the task's XCom.
+    """
+    return task_decorator_factory(
+        python_callable=python_callable,
+        multiple_outputs=multiple_outputs,
+        decorated_operator_class=_FluidDecoratedOperator,
+        **kwargs,
+    )

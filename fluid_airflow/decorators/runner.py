@@ -1,0 +1,161 @@
+"""Run one ``@task.fluid`` callable next to the data: inside a task pod, or a local subprocess.
+
+``python -m fluid_airflow.decorators.runner (--spec FILE | --spec-env VAR) --output FILE``
+
+The spec (JSON, Airflow serde form) holds the function source, its arguments and the XCom
+scope (DAG, run, task, map index). Arguments that are Vineyard references are resolved here,
+from the Dataset's vineyardd: zero-copy over its IPC socket on a cache node, copied over RPC
+elsewhere. The return value is stored here too, and only its reference (or a small JSON value)
+is written to ``--output`` — in a pod, ``/airflow/xcom/return.json``, which the XCom sidecar
+hands back to Airflow (cncf-kubernetes ``utils/xcom_sidecar.py``). The payload never passes
+through the Airflow worker.
+
+Endpoint (checked first, the "preflight"): ``VINEYARD_IPC_SOCKET`` (local backend), else the
+``VINEYARD_CONFIG`` file Fluid's fuse writes under the Dataset's mount (``IPCSocket``, relative
+to the file, when present on this node; else ``RPCEndpoint``; shared notes fluid.md section 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+MIN_FREE_BYTES = 16 << 20  # vineyardd must have at least this much shared memory left
+
+
+class PreflightError(RuntimeError):
+    """The task cannot reach the Dataset's vineyardd; says which node and what is missing."""
+
+
+def _node() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def endpoint() -> tuple[str, str]:
+    """``("ipc", path)`` or ``("rpc", "host:port")`` of the Dataset's vineyardd.
+
+    :raises PreflightError: no socket, config file or RPC endpoint is available.
+    """
+    if os.environ.get("VINEYARD_IPC_SOCKET"):
+        path = os.environ["VINEYARD_IPC_SOCKET"]
+        if not Path(path).exists():
+            raise PreflightError(
+                f"node {_node()}: VINEYARD_IPC_SOCKET={path} does not exist; is vineyardd running?"
+            )
+        return "ipc", path
+    config = os.environ.get("VINEYARD_CONFIG")
+    if not config:
+        raise PreflightError(
+            f"node {_node()}: neither VINEYARD_IPC_SOCKET nor VINEYARD_CONFIG is set; the task does not "
+            "mount the Dataset (run it with @task.fluid / FluidPodOperator and a dataset_name)."
+        )
+    path = Path(config)
+    if not path.is_file():
+        raise PreflightError(
+            f"node {_node()}: the Vineyard config {path} is missing: the Dataset's PVC is not mounted "
+            "there, or Fluid's fuse has not written it yet (is the Dataset Bound?)."
+        )
+    import yaml
+
+    section = (yaml.safe_load(path.read_text()) or {}).get("Vineyard") or {}
+    ipc = section.get("IPCSocket")
+    if ipc:
+        ipc_path = Path(ipc) if Path(ipc).is_absolute() else path.parent / ipc
+        if ipc_path.exists():
+            return "ipc", str(ipc_path)
+    rpc = str(section.get("RPCEndpoint") or "").split(",")[0].strip()
+    if rpc:
+        return "rpc", rpc
+    raise PreflightError(
+        f"node {_node()}: {path} names no usable IPCSocket ({ipc or 'none'}: not on this node) and no "
+        "RPCEndpoint; the VineyardRuntime has no worker reachable from here."
+    )
+
+
+def connect(min_free: int = MIN_FREE_BYTES) -> Any:
+    """Connect to the Dataset's vineyardd and check it has room.
+
+    :raises PreflightError: naming the node, the endpoint and the missing piece.
+    """
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
+    kind, where = endpoint()
+    hook = VineyardHook(ipc_socket=where) if kind == "ipc" else VineyardHook(rpc_endpoint=where)
+    try:
+        client = hook.get_conn()
+        status = client.status
+    except Exception as exc:
+        raise PreflightError(f"node {_node()}: vineyardd at {kind} {where} does not answer: {exc}") from exc
+    free = int(status.memory_limit) - int(status.memory_usage)
+    if free < min_free:
+        raise PreflightError(
+            f"node {_node()}: vineyardd at {kind} {where} has {free} bytes of shared memory free "
+            f"(limit {status.memory_limit}); at least {min_free} are needed. Free objects or enlarge the "
+            "VineyardRuntime's cache capacity."
+        )
+    print(f"fluid-airflow: vineyardd {kind} {where} on node {_node()}: {free} bytes free", file=sys.stderr)
+    return client
+
+
+def _resolve(value: Any) -> Any:
+    from collections import namedtuple
+
+    from fluid_airflow.vineyard import tree
+    from fluid_airflow.vineyard.reference import is_reference
+    from fluid_airflow.vineyard.xcom import VineyardXComBackend
+
+    if is_reference(value) or tree.is_tree(value):
+        return VineyardXComBackend.deserialize_value(namedtuple("R", ["value"])(value))
+    if isinstance(value, list):
+        return [_resolve(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_resolve(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _resolve(v) for k, v in value.items()}
+    return value
+
+
+def run(spec: dict[str, Any], client: Any) -> Any:
+    """Resolve the arguments, call the function, store the result; returns the XCom value."""
+    from airflow.sdk.serde import deserialize
+
+    from fluid_airflow.vineyard.xcom import VineyardXComBackend, use_client
+
+    namespace: dict[str, Any] = {"__name__": "fluid_task"}
+    exec(compile(spec["source"], f"<@task.fluid {spec['function']}>", "exec"), namespace)
+    function = namespace[spec["function"]]
+    with use_client(client):
+        inputs = _resolve(deserialize(spec["inputs"]))
+        result = function(*inputs["args"], **inputs["kwargs"])
+        return VineyardXComBackend.serialize_value(result, key="return_value", **spec["scope"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fluid_airflow.decorators.runner")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="JSON spec file")
+    source.add_argument("--spec-env", help="environment variable holding the base64 JSON spec")
+    parser.add_argument("--output", required=True, help="where the XCom value (JSON) is written")
+    args = parser.parse_args(argv)
+    text = Path(args.spec).read_text() if args.spec else base64.b64decode(os.environ[args.spec_env]).decode()
+    spec = json.loads(text)
+    try:
+        client = connect(int(spec.get("min_free_bytes", MIN_FREE_BYTES)))
+    except PreflightError as exc:
+        print(f"fluid-airflow preflight failed: {exc}", file=sys.stderr)
+        return 3
+    value = run(spec, client)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(value))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Test DAG: @task.fluid on the local backend — references in, references out, mapped, retried."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+from fluid_airflow.operators.cleanup import FluidCleanupOperator
+from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
+from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
+
+DATASET = "task-test"
+
+
+@dag(
+    dag_id="fa_fluid_task",
+    schedule=None,
+    catchup=False,
+    params={"marker_dir": Param("", type="string"), "scale": Param(3, type="integer")},
+    tags=["fluid-airflow-tests"],
+)
+def fa_fluid_task():
+    create = FluidCreateDatasetOperator(task_id="create_dataset", dataset_name=DATASET)
+    bind = FluidBindVineyardRuntimeOperator(
+        task_id="bind_runtime", dataset_name=DATASET, cache_capacity="256Mi"
+    )
+
+    @task.fluid(dataset_name=DATASET)
+    def produce(n: int):
+        import numpy as np
+
+        return {"values": np.arange(float(n) * 100_000), "label": "arange"}
+
+    @task.fluid(dataset_name=DATASET, env_vars={"FACTOR": "{{ params.scale }}"})
+    def scale(k: int):
+        import os
+
+        import numpy as np
+
+        return np.full(10, float(k) * int(os.environ["FACTOR"]))
+
+    @task.fluid(dataset_name=DATASET, retries=1, retry_delay=timedelta(seconds=0))
+    def summarize(data, scaled, marker_dir: str) -> dict:
+        from pathlib import Path
+
+        marker = Path(marker_dir) / "summarize-tried"
+        if not marker.exists():  # first try fails after reading its inputs
+            marker.touch()
+            raise RuntimeError("first try fails on purpose")
+        return {
+            "label": data["label"],
+            "total": float(data["values"].sum()),
+            "read_only": not data["values"].flags.writeable,
+            "scaled": [float(a[0]) for a in scaled],
+        }
+
+    cleanup = FluidCleanupOperator(task_id="cleanup", dataset_name=DATASET, poll_interval=0.2)
+
+    produced = produce(4)
+    scaled = scale.expand(k=[1, 2, 3])
+    result = summarize(produced, scaled, "{{ params.marker_dir }}")
+    create >> bind >> [produced, scaled]
+    result >> cleanup
+
+
+fa_fluid_task()
