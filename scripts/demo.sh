@@ -12,7 +12,15 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-DAG_ID=flights_delay_regression
+# DAG=fluid_vineyard_pipeline make demo runs the Fluid pipeline (@task.fluid steps) on the
+# local backend instead of the main job.
+DAG_ID="${DAG:-flights_delay_regression}"
+case "$DAG_ID" in
+    flights_delay_regression) METRICS_TASKS=(--metrics-task report) ;;
+    fluid_vineyard_pipeline) METRICS_TASKS=(--metrics-task test)
+        export AIRFLOW_CONN_FLUID_DEFAULT='{"conn_type": "fluid", "extra": {"backend": "local", "local_max_cache": "1Gi"}}' ;;
+    *) echo "demo: DAG must be flights_delay_regression or fluid_vineyard_pipeline, got '$DAG_ID'" >&2; exit 2 ;;
+esac
 
 export AIRFLOW_HOME="$REPO/.airflow"
 export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
@@ -69,7 +77,7 @@ fluid-airflow vineyard start --runtime-dir "$RUNTIME_DIR" --size "$SIZE" >"$LOG_
 done_step
 
 conf_args=()
-[[ -n "$SCALE" ]] && conf_args=(-c "{\"scale\": $SCALE}")
+[[ -n "$SCALE" && "$DAG_ID" == flights_delay_regression ]] && conf_args=(-c "{\"scale\": $SCALE}")
 step "airflow dags test $DAG_ID ${conf_args[*]:-}"
 dag_rc=0
 airflow dags test "$DAG_ID" "${conf_args[@]}" >"$LOG_DIR/dags-test.log" 2>&1 || dag_rc=$?
@@ -87,7 +95,7 @@ if [[ $dag_rc -ne 0 ]]; then
 fi
 
 summary_rc=0
-summary="$(python scripts/show_handoffs.py "$DAG_ID" "${run_args[@]}" 2>"$LOG_DIR/show-handoffs.log")" ||
+summary="$(python scripts/show_handoffs.py "$DAG_ID" "${run_args[@]}" "${METRICS_TASKS[@]}" 2>"$LOG_DIR/show-handoffs.log")" ||
     summary_rc=$?
 
 echo

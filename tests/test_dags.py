@@ -162,6 +162,9 @@ def test_fluid_pipeline_runs_on_the_local_backend(run_dag, monkeypatch):
     assert got[("create_dataset", -1, "return_value")]["created"] is True
     assert got[("bind_runtime", -1, "return_value")]["backend"] == "local"
     assert got[("preprocess", -1, "return_value")]["__vineyard_tree__"] == 1  # references, not data
+    # multiple_outputs: each key is its own object; the whole dict only refers to them.
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert is_reference(got[("preprocess", -1, key)]) and got[("preprocess", -1, key)]["key"] == key
     assert is_reference(got[("train", -1, "return_value")])
     assert got[("test", -1, "return_value")]["r2"] > 0.5
     assert got[("cleanup", -1, "return_value")] == {"pods": [], "dataset": True, "runtime": True}

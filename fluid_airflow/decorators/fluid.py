@@ -98,6 +98,7 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
                 "task_id": ti.task_id,
                 "map_index": ti.map_index,
             },
+            "multiple_outputs": bool(self.multiple_outputs),
         }
 
     def execute(self, context: Any) -> Any:

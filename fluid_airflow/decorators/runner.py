@@ -133,6 +133,12 @@ def run(spec: dict[str, Any], client: Any) -> Any:
     with use_client(client):
         inputs = _resolve(deserialize(spec["inputs"]))
         result = function(*inputs["args"], **inputs["kwargs"])
+        if spec.get("multiple_outputs") and isinstance(result, dict):
+            # Stored under each key's own XCom name: Airflow then pushes each key (the reference,
+            # kept as is) and the whole dict (a tree of those references, no second copy).
+            return {
+                k: VineyardXComBackend.serialize_value(v, key=k, **spec["scope"]) for k, v in result.items()
+            }
         return VineyardXComBackend.serialize_value(result, key="return_value", **spec["scope"])
 
 

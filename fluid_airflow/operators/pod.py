@@ -59,6 +59,9 @@ class FluidPodOperator(KubernetesPodOperator):
         input_refs: Any = None,
         **kwargs: Any,
     ) -> None:
+        # A retry recomputes in a fresh pod: reattaching (KPO's durable default on Airflow 3.3)
+        # would hand a retried try the failed try's pod and its outputs.
+        kwargs.setdefault("durable", False)
         super().__init__(**kwargs)
         if data_affinity not in pods.AFFINITY_MODES:
             raise errors.FluidSpecError(

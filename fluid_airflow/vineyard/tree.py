@@ -20,6 +20,7 @@ from typing import Any
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import codec
+from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 TREE_MARKER = "__vineyard_tree__"
 MAX_DEPTH = 16
@@ -34,6 +35,8 @@ def contains_vineyard(value: object, depth: int = 0) -> bool:
     """True when a dict/list/tuple holds a Vineyard-type value at any depth up to :data:`MAX_DEPTH`."""
     if depth > MAX_DEPTH:
         return False
+    if depth > 0 and is_reference(value):
+        return True  # a reference made elsewhere (a pod, another key), kept as a leaf
     if isinstance(value, dict):
         return any(contains_vineyard(v, depth + 1) for v in value.values())
     if isinstance(value, (list, tuple)):
@@ -53,6 +56,8 @@ def to_tree(
     def node(v: Any, path: list[str]) -> dict[str, Any]:
         if codec.is_vineyard_type(v):
             return {"ref": store(v, path)}
+        if is_reference(v):  # already stored (by a task pod, or under another XCom key)
+            return {"ref": VineyardReference.from_json(v).to_json(compact=True)}
         if isinstance(v, dict):
             bad = [k for k in v if not isinstance(k, str)]
             if bad:
