@@ -1,7 +1,7 @@
 """Fluid + Vineyard pipeline: the Fluid SDK's flow as Airflow tasks.
 
     create_dataset -> bind_runtime (VineyardRuntime: 2 workers x 30Gi, MEM)
-        -> preprocess -> train -> test -> cleanup (trigger_rule all_done)
+        -> preprocess -> train -> test -> cleanup (a teardown task)
 
 The steps are ``@task.fluid`` tasks: each runs next to the Dataset's cache (a pod that mounts
 it on Kubernetes, a local process on the local backend), reads its inputs from Vineyard and
@@ -82,7 +82,8 @@ def fluid_vineyard_pipeline():
     data = preprocess()
     metrics = test(data, train(data))
     create >> bind >> data
-    metrics >> cleanup
+    # A teardown: it runs even when a step fails, and the run still ends failed in that case.
+    metrics >> cleanup.as_teardown(setups=[create, bind])
 
 
 fluid_vineyard_pipeline()

@@ -194,3 +194,18 @@ def test_fluid_task_passes_references_and_never_loads_payloads_in_the_worker(run
     assert len(names) == 3 and all(is_reference(got[("scale", i, "return_value")]) for i in range(3))
     assert xcom.resolved_in_process == loaded_before  # the Airflow worker never loaded a payload
     assert task_states(dr)[("cleanup", -1)] == "success"
+
+
+def test_failed_step_still_cleans_up_and_fails_the_run(run_dag, monkeypatch):
+    from conftest import processes_naming
+
+    from fluid_airflow import config
+
+    conn = {"conn_type": "fluid", "extra": {"backend": "local", "local_max_cache": "64Mi"}}
+    monkeypatch.setenv("AIRFLOW_CONN_FLUID_DEFAULT", json.dumps(conn))
+    dr = run_dag("fa_fluid_teardown")
+    states = task_states(dr)
+    assert states[("step", -1)] == "failed" and states[("cleanup", -1)] == "success"
+    assert str(dr.state) == "failed"  # the teardown's success does not hide the failure
+    fluid_root = config.runtime_dir() / "fluid"
+    assert not any(fluid_root.iterdir()) and not processes_naming(str(fluid_root))

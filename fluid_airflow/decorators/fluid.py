@@ -115,7 +115,14 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
                 "(an image with fluid-airflow installed)."
             )
         encoded = base64.b64encode(json.dumps(spec).encode()).decode()
-        self.env_vars = [*(self.env_vars or []), {"name": SPEC_ENV, "value": encoded}]  # converted by KPO
+        from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import (
+            convert_env_vars_or_raise_error,
+        )
+        from kubernetes.client import models as k8s
+
+        # env_vars may still be the user's (rendered) dict: KPO converts it only when building the pod.
+        current = convert_env_vars_or_raise_error(self.env_vars) if self.env_vars else []
+        self.env_vars = [*current, k8s.V1EnvVar(name=SPEC_ENV, value=encoded)]
         self.cmds = ["python", "-m", "fluid_airflow.decorators.runner", "--spec-env", SPEC_ENV]
         self.arguments = ["--output", XCOM_RETURN]
         return super().execute(context)

@@ -15,8 +15,10 @@ class FluidCleanupOperator(BaseOperator):
     """Tear down ``namespace/dataset_name`` in Fluid's order; succeeds when all is already gone.
 
     Meant to run with ``trigger_rule="all_done"`` (the default here) so a failed pipeline still
-    frees its cache. Order: pods that mount the Dataset's PVC (they block the Dataset's
-    finalizer), the Dataset, the VineyardRuntime (fluid.md section 7). Each wait is bounded.
+    frees its cache. Best used as a teardown task, ``cleanup.as_teardown(setups=[create, bind])``:
+    as a plain last task its success would make a failed DAG run look successful. Order: pods
+    that mount the Dataset's PVC (they block the Dataset's finalizer), the Dataset, the
+    VineyardRuntime (fluid.md section 7). Each wait is bounded.
 
     :param dataset_name: the Dataset (and VineyardRuntime) name.
     :param namespace: default: the ``fluid`` connection's namespace.

@@ -33,7 +33,7 @@ def fa_fluid_k8s():
         task_id="cleanup", dataset_name="flights", poll_interval=0.2, fluid_conn_id=CONN
     )
     create >> bind
-    use(bind.output) >> cleanup
+    use(bind.output) >> cleanup.as_teardown(setups=[create, bind])
 
 
 fa_fluid_k8s()

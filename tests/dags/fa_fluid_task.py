@@ -61,7 +61,7 @@ def fa_fluid_task():
     scaled = scale.expand(k=[1, 2, 3])
     result = summarize(produced, scaled, "{{ params.marker_dir }}")
     create >> bind >> [produced, scaled]
-    result >> cleanup
+    result >> cleanup.as_teardown(setups=[create, bind])
 
 
 fa_fluid_task()
