@@ -192,6 +192,14 @@ def test_fluid_task_passes_references_and_never_loads_payloads_in_the_worker(run
     assert got[("produce", -1, "return_value")]["__vineyard_tree__"] == 1
     names = {got[("scale", i, "return_value")]["name"] for i in range(3)}
     assert len(names) == 3 and all(is_reference(got[("scale", i, "return_value")]) for i in range(3))
+    import datetime
+
+    from airflow.sdk.serde import deserialize
+
+    described = [deserialize(got[("describe", i, "return_value")]) for i in range(3)]  # serialised once
+    assert described == [
+        {"first": f, "when": datetime.date(2026, 1, 2), "pair": (1, 2)} for f in (5.0, 10.0, 15.0)
+    ]
     assert xcom.resolved_in_process == loaded_before  # the Airflow worker never loaded a payload
     assert task_states(dr)[("cleanup", -1)] == "success"
 

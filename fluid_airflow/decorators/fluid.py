@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.common.compat.sdk import DecoratedOperator, TaskDecorator, task_decorator_factory
+from airflow.providers.common.compat.sdk import DecoratedMappedOperator, DecoratedOperator, TaskDecorator
+from airflow.sdk.bases.decorator import _TaskDecorator
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.operators.pod import FluidPodOperator
@@ -125,7 +126,7 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
         self.env_vars = [*current, k8s.V1EnvVar(name=SPEC_ENV, value=encoded)]
         self.cmds = ["python", "-m", "fluid_airflow.decorators.runner", "--spec-env", SPEC_ENV]
         self.arguments = ["--output", XCOM_RETURN]
-        return super().execute(context)
+        return _from_runner(super().execute(context), bool(self.multiple_outputs))
 
     def _execute_local(self, hook: Any, spec: dict[str, Any]) -> Any:
         namespace = self.dataset_namespace or hook.namespace(None)
@@ -147,12 +148,52 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
                     f"@task.fluid {self.task_id!r} failed in its local process (exit code {code}); "
                     "see the log above."
                 )
-            return json.loads(output.read_text())
+            return _from_runner(json.loads(output.read_text()), bool(self.multiple_outputs))
 
     def on_kill(self) -> None:
         if self._local_process is not None:
             self._local_process.kill()  # the local stand-in for deleting the pod
         super().on_kill()
+
+
+def _from_runner(value: Any, multiple_outputs: bool) -> Any:
+    """The runner's output as the value Airflow should push: references stay references; plain
+    values, which the runner wrote in Airflow's serde form, are decoded so they are serialised once."""
+    from collections import namedtuple
+
+    from airflow.sdk.bases.xcom import BaseXCom
+
+    from fluid_airflow.vineyard import tree
+    from fluid_airflow.vineyard.reference import is_reference
+
+    def one(v: Any) -> Any:
+        if is_reference(v) or tree.is_tree(v):
+            return v
+        return BaseXCom.deserialize_value(namedtuple("R", ["value"])(v))
+
+    if multiple_outputs and isinstance(value, dict) and not (is_reference(value) or tree.is_tree(value)):
+        return {k: one(v) for k, v in value.items()}
+    return one(value)
+
+
+class _FluidMappedOperator(DecoratedMappedOperator):
+    """A mapped ``@task.fluid``: Airflow resolves the mapped arguments here, before the task is
+    unmapped, so references must be kept as references here too."""
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        from fluid_airflow.vineyard.xcom import references_only
+
+        with references_only():
+            super().render_template_fields(context, jinja_env)
+
+
+class _FluidTaskDecorator(_TaskDecorator):
+    """``_TaskDecorator`` whose ``.expand()`` builds a :class:`_FluidMappedOperator`."""
+
+    def _expand(self, expand_input: Any, *, strict: bool) -> Any:
+        output = super()._expand(expand_input, strict=strict)
+        output.operator.__class__ = _FluidMappedOperator  # same attrs layout: adds one method only
+        return output
 
 
 def _plain_env(env_vars: Any) -> dict[str, str]:
@@ -182,9 +223,14 @@ def fluid_task(
     ``dataset_name`` is required. Returns the reference of what the function returned (or a
     small JSON value), pushed as the task's XCom.
     """
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=multiple_outputs,
-        decorated_operator_class=_FluidDecoratedOperator,
-        **kwargs,
-    )
+    import attr
+
+    # As airflow.sdk.bases.decorator.task_decorator_factory, with our _TaskDecorator subclass.
+    outputs = attr.NOTHING if multiple_outputs is None else multiple_outputs
+
+    def build(function: Callable) -> Any:
+        return _FluidTaskDecorator(
+            function=function, multiple_outputs=outputs, operator_class=_FluidDecoratedOperator, kwargs=kwargs
+        )
+
+    return build(python_callable) if python_callable is not None else build  # type: ignore[return-value]

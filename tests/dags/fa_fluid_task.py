@@ -55,13 +55,23 @@ def fa_fluid_task():
             "scaled": [float(a[0]) for a in scaled],
         }
 
+    @task.fluid(dataset_name=DATASET)
+    def describe(arr):
+        # Mapped over another @task.fluid's mapped output; returns values Airflow's serde handles.
+        import datetime
+
+        import numpy as np
+
+        return {"first": np.float64(arr[0]), "when": datetime.date(2026, 1, 2), "pair": (1, 2)}
+
     cleanup = FluidCleanupOperator(task_id="cleanup", dataset_name=DATASET, poll_interval=0.2)
 
     produced = produce(4)
     scaled = scale.expand(k=[1, 2, 3])
     result = summarize(produced, scaled, "{{ params.marker_dir }}")
+    described = describe.expand(arr=scaled)
     create >> bind >> [produced, scaled]
-    result >> cleanup.as_teardown(setups=[create, bind])
+    [result, described] >> cleanup.as_teardown(setups=[create, bind])
 
 
 fa_fluid_task()
