@@ -31,6 +31,9 @@ STEP = {"dataset_name": DATASET, "image": "{{ var.value.get('fluid_task_image', 
     dag_id="fluid_vineyard_pipeline",
     schedule=None,
     catchup=False,
+    # Runs share the Dataset named by the param: a second run would adopt it and its cleanup
+    # would tear it down under the first. Give concurrent runs distinct dataset names instead.
+    max_active_runs=1,
     params={"dataset": Param("vineyard-demo", type="string", description="Dataset and runtime name")},
     tags=["fluid-airflow", "example"],
 )

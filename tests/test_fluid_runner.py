@@ -65,5 +65,6 @@ def test_main_exits_3_with_the_preflight_message(clean_env, tmp_path, capsys):
     spec = tmp_path / "spec.json"
     spec.write_text('{"function": "f", "source": "def f(): pass", "inputs": {}, "scope": {}}')
     assert runner.main(["--spec", str(spec), "--output", str(tmp_path / "out.json")]) == 3
-    assert "preflight failed: node node-7" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "preflight failed for Dataset (unknown): node node-7" in err and "Is the Dataset bound" in err
     assert not (tmp_path / "out.json").exists()

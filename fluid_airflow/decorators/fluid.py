@@ -100,6 +100,7 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
                 "map_index": ti.map_index,
             },
             "multiple_outputs": bool(self.multiple_outputs),
+            "dataset": f"{self.dataset_namespace or '(connection namespace)'}/{self.dataset_name}",
         }
 
     def execute(self, context: Any) -> Any:

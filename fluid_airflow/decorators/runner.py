@@ -154,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = connect(int(spec.get("min_free_bytes", MIN_FREE_BYTES)))
     except PreflightError as exc:
-        print(f"fluid-airflow preflight failed: {exc}", file=sys.stderr)
+        dataset = spec.get("dataset") or "(unknown)"
+        print(
+            f"fluid-airflow preflight failed for Dataset {dataset}: {exc} Is the Dataset bound (its bind "
+            "task succeeded, no cleanup ran since)?",
+            file=sys.stderr,
+        )
         return 3
     value = run(spec, client)
     output = Path(args.output)

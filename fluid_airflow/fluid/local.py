@@ -84,7 +84,12 @@ class LocalFluidClient:
                         "reason": "DatasetReady" if bound else "DatasetNotReady",
                         "message": "local vineyardd answers"
                         if bound
-                        else ("local vineyardd is not running" if runtime else "no VineyardRuntime bound"),
+                        else (
+                            "local vineyardd is not running (its objects are lost): run the cleanup "
+                            "task (FluidCleanupOperator), then bind again"
+                            if runtime
+                            else "no VineyardRuntime bound"
+                        ),
                     }
                 ],
             }

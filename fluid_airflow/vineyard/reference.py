@@ -38,6 +38,8 @@ class VineyardReference:
     :param shape: array shape, or ``[rows, columns]`` for tables, ``[length]`` for 1-D data.
     :param dtype: numpy dtype string for arrays and Series.
     :param columns: up to :data:`MAX_COLUMNS` ``{column: dtype}`` entries (pandas or Arrow types).
+    :param socket: IPC socket of the vineyardd that holds the object, when stored over IPC (a
+        Dataset's vineyardd for ``@task.fluid`` results, the configured one otherwise).
     :param extra: encoding details needed to rebuild the value exactly (small).
     """
 
@@ -53,6 +55,7 @@ class VineyardReference:
     map_index: int
     key: str
     host: str = ""
+    socket: str = ""
     instance_id: int = 0
     created: str = ""
     shape: list[int] | None = None

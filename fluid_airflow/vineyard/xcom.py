@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
@@ -79,8 +80,27 @@ def use_client(client: Any) -> Iterator[None]:
         _client_override.reset(token)
 
 
-def _client() -> Any:
-    return _client_override.get() or backend_hook().get_conn()
+def _client(ref: VineyardReference | None = None) -> Any:
+    """The client to use; for reading ``ref``, the vineyardd that holds it.
+
+    :raises VineyardConnectionError: ``ref`` lives in another vineyardd (a Dataset's) whose
+        socket this process cannot reach.
+    """
+    override = _client_override.get()
+    if override is not None:
+        return override
+    hook = backend_hook()
+    if ref is not None and ref.socket:
+        kind, where = hook.endpoint()
+        if (kind, where) != ("ipc", ref.socket):
+            if not Path(ref.socket).exists():
+                raise errors.VineyardConnectionError(
+                    f"XCom {ref.key!r} of task {ref.producer!r} (DAG run {ref.run_id!r}) lives in the "
+                    f"vineyardd at {ref.socket} (a Dataset's cache), which this process cannot reach (it "
+                    f"uses {kind} {where}). Read it in a @task.fluid task of that Dataset instead."
+                )
+            return VineyardHook(ipc_socket=ref.socket).get_conn()
+    return hook.get_conn()
 
 
 def backend_hook() -> VineyardHook:
@@ -323,6 +343,7 @@ def _store(
             bytes=int(meta.memory_usage),
             map_index=index,
             host=_hostname(client),
+            socket=str(client.ipc_socket) if client.is_ipc else "",
             instance_id=int(client.instance_id),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             shape=encoded.shape,
@@ -372,7 +393,7 @@ def resolve(ref: VineyardReference) -> Any:
     import vineyard
 
     global resolved_in_process
-    client = _client()
+    client = _client(ref)
     object_id = vineyard.ObjectID(ref.object_id)
     resolved_in_process += 1
     try:
@@ -406,7 +427,7 @@ def release(ref: VineyardReference) -> bool:
     """
     import vineyard
 
-    client = _client()
+    client = _client(ref)
     object_id = vineyard.ObjectID(ref.object_id)
     try:
         if client.get_name(ref.name) == object_id:

@@ -64,14 +64,20 @@ def fa_fluid_task():
 
         return {"first": np.float64(arr[0]), "when": datetime.date(2026, 1, 2), "pair": (1, 2)}
 
+    @task
+    def plain_total(data) -> float:
+        # A plain task on the worker: the reference names the Dataset's vineyardd socket, found locally.
+        return float(data["values"].sum())
+
     cleanup = FluidCleanupOperator(task_id="cleanup", dataset_name=DATASET, poll_interval=0.2)
 
     produced = produce(4)
     scaled = scale.expand(k=[1, 2, 3])
     result = summarize(produced, scaled, "{{ params.marker_dir }}")
     described = describe.expand(arr=scaled)
+    plain = plain_total(produced)
     create >> bind >> [produced, scaled]
-    [result, described] >> cleanup.as_teardown(setups=[create, bind])
+    [result, described, plain] >> cleanup.as_teardown(setups=[create, bind])
 
 
 fa_fluid_task()
