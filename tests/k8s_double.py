@@ -415,3 +415,11 @@ def kube_double_client(kube_double_config):
     api = kubernetes.config.new_client_from_config(config_file=str(kube_double_config))
     yield api
     api.close()
+
+
+def connect_airflow(monkeypatch, kubeconfig: Path, conn_id: str, conn_type: str = "fluid") -> None:
+    """Point Airflow connection ``conn_id`` (``fluid`` or ``kubernetes``) at the double, via an env var."""
+    extra = {"kube_config_path": str(kubeconfig), "namespace": "default"}
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, "extra": extra})
+    )

@@ -6,11 +6,9 @@ against the vendored Fluid CRD schemas; Fluid's controllers are simulated (tests
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from conftest import task_states, xcom_rows
-from k8s_double import kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
+from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.operators.cleanup import FluidCleanupOperator
@@ -22,8 +20,7 @@ CONN = "fluid_k8s_test"
 
 @pytest.fixture
 def fluid_conn(kube_double, kube_double_config, monkeypatch):  # noqa: F811
-    extra = {"kube_config_path": str(kube_double_config), "namespace": "default"}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "fluid", "extra": extra}))
+    connect_airflow(monkeypatch, kube_double_config, CONN)
     return kube_double
 
 

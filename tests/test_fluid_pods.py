@@ -12,7 +12,7 @@ import json
 
 import kubernetes_validate
 import pytest
-from k8s_double import kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
+from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 from structlog.testing import capture_logs
@@ -387,8 +387,7 @@ def test_operator_dry_run_long_names_skips_data_affinity():
 # -- against the Kubernetes API test double --------------------------------------------------------------
 @pytest.fixture
 def fluid_conn(kube_double, kube_double_config, monkeypatch):  # noqa: F811
-    extra = {"kube_config_path": str(kube_double_config), "namespace": "default"}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "fluid", "extra": extra}))
+    connect_airflow(monkeypatch, kube_double_config, CONN)
     return kube_double
 
 

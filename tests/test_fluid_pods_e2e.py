@@ -38,7 +38,7 @@ import yaml
 from airflow.providers.cncf.kubernetes.utils.pod_manager import EMPTY_XCOM_RESULT, OnFinishAction, PodManager
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from conftest import task_states, xcom_rows
-from k8s_double import kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
+from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
 from kubelet_double import KubeletDouble
 
 from fluid_airflow.vineyard import xcom as vineyard_xcom
@@ -53,10 +53,8 @@ PODS = "/api/v1/namespaces/default/pods/"
 @pytest.fixture
 def cluster(kube_double, kube_double_config, runtime, tmp_path, monkeypatch):  # noqa: F811
     """Connections to the API double, a vineyardd for the node, the kubelet double, the two exec patches."""
-    extra = {"kube_config_path": str(kube_double_config), "namespace": "default"}
-    for conn_id, conn_type in ((CONN, "fluid"), (KUBE_CONN, "kubernetes")):
-        conn = json.dumps({"conn_type": conn_type, "extra": extra})
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn)
+    connect_airflow(monkeypatch, kube_double_config, CONN)
+    connect_airflow(monkeypatch, kube_double_config, KUBE_CONN, "kubernetes")
     daemon = LocalVineyardd(runtime)
     daemon.start("256Mi")
     try:
