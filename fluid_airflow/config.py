@@ -50,6 +50,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "example": "65536",
         "default": "16384",
     },
+    "keep_for": {
+        "description": "Seconds a finished DAG run's Vineyard objects are kept before they are released "
+        "(0: at run end, by the provider's listener; -1: never, only `fluid-airflow gc` or the release "
+        "operator free them). Raise it to inspect a run's intermediates after it ends.",
+        "type": "integer",
+        "example": "3600",
+        "default": "0",
+    },
     "name_prefix": {
         "description": "First component of every Vineyard object name the XCom backend creates "
         "(``<prefix>/<dag_id>/<run_id>/<task_id>/<map_index>/<key>``).",
