@@ -40,11 +40,18 @@ def get_provider_info() -> dict[str, Any]:
                     "fluid_airflow.operators.runtime",
                     "fluid_airflow.operators.cleanup",
                     "fluid_airflow.operators.pod",
+                    "fluid_airflow.operators.release",
                 ],
             },
         ],
         "sensors": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.sensors.fluid"]}],
         "triggers": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.triggers.fluid"]}],
+        "plugins": [
+            {
+                "name": "fluid_airflow",
+                "plugin-class": "fluid_airflow.plugins.release_listener.FluidAirflowPlugin",
+            }
+        ],
         "task-decorators": [{"name": "fluid", "class-name": "fluid_airflow.decorators.fluid.fluid_task"}],
         "connection-types": [
             {

@@ -36,6 +36,8 @@ AIRFLOW_ENV = {
     "AIRFLOW__CORE__XCOM_BACKEND": BACKEND,
     "AIRFLOW__FLUID__RUNTIME_DIR": str(_RUNTIME),
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    # Most tests inspect a run's objects after it ends; tests of release-at-run-end set 0.
+    "AIRFLOW__FLUID__KEEP_FOR": "-1",
 }
 os.environ.update(AIRFLOW_ENV)
 

@@ -219,3 +219,39 @@ def test_failed_step_still_cleans_up_and_fails_the_run(run_dag, monkeypatch):
     assert str(dr.state) == "failed"  # the teardown's success does not hide the failure
     fluid_root = config.runtime_dir() / "fluid"
     assert not any(fluid_root.iterdir()) and not processes_naming(str(fluid_root))
+
+
+def test_run_objects_are_released_when_the_run_ends(run_dag, vineyard_client, monkeypatch):
+    from fluid_airflow.vineyard.release import run_objects
+
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")
+    before = int(vineyard_client.status.memory_usage)
+    dr = run_dag("fa_mapped")
+    assert str(dr.state) == "success"
+    assert values(dr)[("consume_all", -1, "return_value")] == [1.0, 2.0, 3.0]  # used while the run lived
+    assert run_objects(vineyard_client, dr.dag_id, dr.run_id) == {}
+    assert int(vineyard_client.status.memory_usage) == before  # released by the listener, no task added
+
+
+def test_keep_for_holds_run_objects_for_debugging(run_dag, vineyard_client, monkeypatch):
+    from fluid_airflow.vineyard.release import release_run, run_objects
+
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "3600")
+    dr = run_dag("fa_mapped")
+    held = run_objects(vineyard_client, dr.dag_id, dr.run_id)
+    assert len(held) == 3  # the three mapped arrays stay for inspection
+    report = release_run(vineyard_client, dr.dag_id, dr.run_id)
+    assert report.objects == 3 and report.bytes >= 3 * 8000
+    assert run_objects(vineyard_client, dr.dag_id, dr.run_id) == {}
+
+
+def test_release_operator_frees_the_run(run_dag, vineyard_client):
+    from fluid_airflow.vineyard.release import run_objects
+
+    before = int(vineyard_client.status.memory_usage)
+    dr = run_dag("fa_release")
+    assert str(dr.state) == "success"
+    released = values(dr)[("release", -1, "return_value")]
+    assert released["objects"] == 1 and released["bytes"] >= 400_000
+    assert run_objects(vineyard_client, dr.dag_id, dr.run_id) == {}
+    assert int(vineyard_client.status.memory_usage) == before

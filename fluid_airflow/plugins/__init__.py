@@ -1,0 +1,1 @@
+"""Airflow plugins shipped by the provider (registered through the provider info ``plugins`` key)."""
