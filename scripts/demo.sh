@@ -98,10 +98,15 @@ summary_rc=0
 summary="$(python scripts/show_handoffs.py "$DAG_ID" "${run_args[@]}" "${METRICS_TASKS[@]}" 2>"$LOG_DIR/show-handoffs.log")" ||
     summary_rc=$?
 
+# The provider's listener releases the run's objects when the run ends ([fluid] keep_for = 0).
+HELD="$(fluid-airflow vineyard status --runtime-dir "$RUNTIME_DIR" --json 2>/dev/null |
+    python -c 'import json, sys; print(json.load(sys.stdin)["memory_usage"])' 2>/dev/null || echo "?")"
+
 echo
 echo "================================ Demo summary ================================"
 echo "Timings: DAG run ${DAG_SECONDS} s (airflow dags test, incl. ~5 s start-up), whole demo $((SECONDS - START)) s"
 echo "Vineyard: local vineyardd, --size $SIZE, socket in $RUNTIME_DIR (removed on exit)"
+echo "          bytes still held after the run: $HELD (the run's objects are released when it ends)"
 echo "Logs: $LOG_DIR/"
 echo
 if [[ -n "$summary" ]]; then echo "$summary"; else tail -n 20 "$LOG_DIR/show-handoffs.log"; fi
