@@ -76,3 +76,32 @@ class FluidRuntimeFailedError(FluidAirflowError):
 
 class FluidTimeoutError(FluidAirflowError, TimeoutError):
     """A bounded wait (readiness, deletion) ran out; the message says what was still pending."""
+
+
+class VineyardOutOfMemoryError(FluidAirflowError):
+    """vineyardd has no room for an XCom value: raised in the producer, at push time.
+
+    Raised before the put when the value's estimated size exceeds the free shared memory, or when
+    vineyardd refuses the put itself. The message gives needed, free and limit bytes, the DAG runs
+    whose objects hold the most memory, and the fix.
+
+    :ivar needed: estimated bytes of the value.
+    :ivar free: free bytes of the vineyardd (None when it could not be queried).
+    :ivar limit: its ``--size`` in bytes (None when it could not be queried).
+    :ivar holders: the largest holders, ``(dag_id, run_id, bytes, objects)`` tuples.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        needed: int | None = None,
+        free: int | None = None,
+        limit: int | None = None,
+        holders: list | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+        self.limit = limit
+        self.holders = list(holders or [])

@@ -38,7 +38,7 @@ from fluid_airflow import config
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard import codec, tree
+from fluid_airflow.vineyard import admission, codec, tree
 from fluid_airflow.vineyard.naming import xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
@@ -318,14 +318,12 @@ def _store(
         previous = client.get_name(name)
     except vineyard.ObjectNotExistsException:
         previous = None
+    needed = admission.payload_nbytes(encoded.payload)
+    admission.check_room(client, needed, what=encoded.type, scope=scope)  # before any allocation
     try:
         object_id = client.put(encoded.payload, persist=True)
     except vineyard.NotEnoughMemoryException as exc:
-        raise errors.FluidAirflowError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: vineyardd has no room for the "
-            f"{encoded.type} ({exc}). Free objects (clear old DAG runs' tasks) or start vineyardd with "
-            "a larger --size."
-        ) from exc
+        raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
     except Exception as exc:
         raise errors.UnsupportedXComValueError(
             f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "

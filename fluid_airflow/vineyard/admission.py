@@ -1,0 +1,303 @@
+"""Memory admission: refuse an XCom put that cannot fit in vineyardd, before anything is allocated.
+
+Why check before the put: a value Vineyard stores as several blobs (a DataFrame: one per column
+plus the index; an Arrow table: one per buffer) is allocated blob by blob, and when the store
+runs out half-way, ``put`` raises ``NotEnoughMemoryException`` but **leaves the blobs already
+written behind** as unnamed transient objects, which nothing frees short of ``client.clear()``
+or a vineyardd restart (measured, vineyard 0.24.2: a 16-column DataFrame into a 64Mi store
+holding 8 MiB left the whole remaining 56 MiB in use). Refusing the put up front keeps the
+store as it was and lets the message say who holds the memory.
+
+Measurements behind the margin (vineyard 0.24.2, ``--meta local``, 64Mi store, tested):
+
+- vineyardd's limit is plain byte accounting: every blob counts its exact size (1, 7, 4097,
+  65537 bytes all counted as such, no page or alignment rounding) and a blob is refused when
+  ``memory_usage + size > memory_limit``. A put of *exactly* the free bytes succeeds: a single
+  64 MiB array into an empty 64Mi store; the same after 6 x 8 MiB objects were stored; after
+  every other one of them was deleted (holes), a 40 MiB array into 40 MiB free; and a DataFrame
+  whose columns plus materialised index added up to exactly the free bytes. One byte more is
+  refused in < 1 ms (``Failed to allocate memory of size ...``).
+- So the allocator needs no slack; what the margin covers is the error of
+  :func:`payload_nbytes` (small metadata-like blobs Vineyard adds: 436 bytes for a time zone
+  column, 240 bytes for an Arrow dictionary column; string columns whose text is not what the
+  estimate assumes). :data:`MARGIN_BYTES` plus :data:`MARGIN_FRACTION` of the estimate is
+  required on top of it. Concurrent puts by other tasks can still take the room between the
+  check and the put; the backend maps that ``NotEnoughMemoryException`` to the same error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+# Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
+# still initialising (it imports airflow, whose config loads the XCom backend).
+from fluid_airflow import exceptions as errors
+from fluid_airflow.vineyard import naming
+from fluid_airflow.vineyard.release import LIST_LIMIT
+from fluid_airflow.vineyard.resources import format_bytes
+
+MARGIN_BYTES = 64 * 1024  # fixed slack on top of the estimate (see the module docstring)
+MARGIN_FRACTION = 0.01  # plus 1% of the estimate
+TOP_HOLDERS = 5
+
+
+class Holder(NamedTuple):
+    """Shared memory held by the XCom objects of one DAG run."""
+
+    dag_id: str
+    run_id: str
+    bytes: int
+    objects: int
+
+
+def payload_nbytes(payload: Any) -> int:
+    """Estimate the bytes Vineyard will allocate to store ``payload`` (an ``Encoded.payload``).
+
+    An estimate, exact for numeric data and for ASCII strings (checked against
+    ``ObjectMeta.memory_usage`` on vineyard 0.24.2):
+
+    - ndarray: ``nbytes``; a ``str`` (``<U``) array is stored as UTF-8 text plus 64-bit offsets,
+      estimated as ``itemsize / 4`` bytes per element (its longest string, ASCII) plus 8.
+    - DataFrame / Series: ``memory_usage(deep=False)`` (8 bytes per object pointer, which stand
+      in for the 64-bit offsets Vineyard writes) plus, for object (string) columns and index,
+      the UTF-8 bytes of the strings and a validity bitmap; a ``RangeIndex`` is stored
+      materialised (8 bytes per row), not as the 132 bytes pandas reports.
+    - Arrow Table / RecordBatch / Array / ChunkedArray: ``nbytes`` plus 4 bytes per row and
+      chunk for each ``string`` / ``binary`` / ``list`` column, which Vineyard stores with 64-bit
+      (``large_*``) offsets.
+    - ``str`` / ``bytes``: their length in UTF-8.
+    - anything else: 0 (not estimated; the put itself decides).
+    """
+    if isinstance(payload, str):
+        return len(payload.encode("utf-8"))
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return len(payload)
+    # MRO, not just the type: arrays read from Vineyard are vineyard.data.tensor.ndarray.
+    modules = {c.__module__.split(".")[0] for c in type(payload).__mro__}
+    if "numpy" in modules:
+        return _ndarray_nbytes(payload)
+    if "pandas" in modules:
+        return _pandas_nbytes(payload)
+    if "pyarrow" in modules:
+        return _arrow_nbytes(payload)
+    return 0
+
+
+def _ndarray_nbytes(arr: Any) -> int:
+    import numpy as np
+
+    if not isinstance(arr, np.ndarray):
+        return 0
+    size = int(arr.size)
+    if arr.dtype.kind == "U":
+        return size * (arr.dtype.itemsize // 4) + 8 * (size + 1)
+    return int(arr.nbytes)
+
+
+def _pandas_nbytes(obj: Any) -> int:
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(obj, pd.Series):
+        total = int(obj.memory_usage(deep=False, index=False))
+        columns = [obj]
+    elif isinstance(obj, pd.DataFrame):
+        total = int(obj.memory_usage(deep=False, index=False).sum())
+        columns = [obj.iloc[:, i] for i in range(obj.shape[1])]
+    else:
+        return 0
+    for column in columns:
+        if column.dtype == object:
+            total += _string_bytes(column.to_numpy())
+    index = obj.index
+    if isinstance(index, pd.RangeIndex):
+        total += 8 * len(index)
+    else:
+        total += int(index.memory_usage(deep=False))
+        if index.dtype == object:
+            total += _string_bytes(np.asarray(index))
+    return total
+
+
+def _string_bytes(values: Any) -> int:
+    """UTF-8 bytes of the strings in an object array, plus a validity bitmap and one offset."""
+    text = sum(len(v) if v.isascii() else len(v.encode("utf-8")) for v in values if isinstance(v, str))
+    return text + len(values) // 8 + 1 + 8
+
+
+def _arrow_nbytes(data: Any) -> int:
+    import pyarrow as pa
+
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if isinstance(data, pa.Array):
+        data = pa.chunked_array([data])
+    if isinstance(data, pa.ChunkedArray):
+        columns = [data]
+    elif isinstance(data, pa.Table):
+        columns = data.columns
+    else:
+        return 0
+    total = 0
+    for column in columns:
+        total += int(column.nbytes)
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_list(kind):
+            total += 4 * len(column) + 8 * column.num_chunks
+    return total
+
+
+def holders(client: Any, prefix: str) -> list[Holder]:
+    """Shared memory held by the backend's named objects, by DAG run, largest first.
+
+    Sums ``ObjectMeta.memory_usage`` of every object named ``<prefix>/<dag>/<run>/...`` in
+    ``client``'s vineyardd; names whose object is gone and names of another layout are skipped,
+    and an object with several names counts once.
+    """
+    import vineyard
+
+    sizes: dict[tuple[str, str], list[int]] = {}
+    seen: set[int] = set()
+    pattern = naming._part(prefix) + "/*"  # the same quoting as the names themselves
+    for name, object_id in client.list_names(pattern, limit=LIST_LIMIT).items():
+        try:
+            parts = naming.split_xcom_object_name(name)
+        except ValueError:
+            continue
+        if parts["prefix"] != prefix or int(object_id) in seen:
+            continue
+        try:
+            size = int(client.get_meta(object_id).memory_usage)
+        except vineyard.ObjectNotExistsException:
+            continue
+        seen.add(int(object_id))
+        entry = sizes.setdefault((str(parts["dag_id"]), str(parts["run_id"])), [0, 0])
+        entry[0] += size
+        entry[1] += 1
+    found = [Holder(dag, run, size, count) for (dag, run), (size, count) in sizes.items()]
+    return sorted(found, key=lambda h: (-h.bytes, h.dag_id, h.run_id))
+
+
+def required_bytes(needed: int) -> int:
+    """``needed`` plus the safety margin the admission check asks for."""
+    return needed + MARGIN_BYTES + int(needed * MARGIN_FRACTION)
+
+
+def check_room(
+    client: Any,
+    needed: int,
+    *,
+    what: str,
+    scope: dict[str, Any],
+    prefix: str | None = None,
+) -> None:
+    """Refuse to store ``needed`` bytes unless vineyardd has them free (plus the margin).
+
+    :param needed: estimate of the bytes to store (:func:`payload_nbytes`); 0 is always admitted.
+    :param what: the value's type for the message (``pandas.DataFrame``).
+    :param scope: ``{key, task_id, dag_id, run_id}`` of the XCom.
+    :param prefix: the backend's name prefix; default ``[fluid] name_prefix``.
+    :raises VineyardOutOfMemoryError: naming the XCom, needed/free/limit bytes, the largest
+        holders by DAG run and the fix. Nothing was allocated.
+    """
+    if needed <= 0:
+        return
+    status = client.status
+    limit, used = int(status.memory_limit), int(status.memory_usage)
+    if limit <= 0 or required_bytes(needed) <= limit - used:
+        return
+    raise out_of_memory(client, needed, what=what, scope=scope, prefix=prefix, status=(limit, used))
+
+
+def out_of_memory(
+    client: Any,
+    needed: int,
+    *,
+    what: str,
+    scope: dict[str, Any],
+    prefix: str | None = None,
+    cause: BaseException | None = None,
+    status: tuple[int, int] | None = None,
+) -> errors.VineyardOutOfMemoryError:
+    """The :class:`VineyardOutOfMemoryError` for an XCom that does not fit (to ``raise``).
+
+    Used by :func:`check_room` and for a ``NotEnoughMemoryException`` from the put itself
+    (``cause``: the estimate was low, or a concurrent put took the room). Never raises itself:
+    when vineyardd cannot be queried the message just lacks those numbers.
+    """
+    if prefix is None:
+        from fluid_airflow import config
+
+        prefix = config.get("name_prefix")
+    limit = used = None
+    top: list[Holder] = []
+    try:
+        if status is None:
+            current = client.status
+            status = (int(current.memory_limit), int(current.memory_usage))
+        limit, used = status
+        top = holders(client, prefix)
+    except Exception as exc:  # the store is full, not necessarily broken: report what we have
+        cause_text = f"; could not list holders: {type(exc).__name__}: {exc}"
+    else:
+        cause_text = ""
+    free = None if limit is None else max(limit - used, 0)
+    xcom = (
+        f"XCom {scope.get('key')!r} of task {scope.get('task_id')!r} (DAG {scope.get('dag_id')!r}, "
+        f"run {scope.get('run_id')!r})"
+    )
+    where = _where(client)
+    lines = [
+        f"{xcom}: vineyardd{where} has no room for the {what}: it needs about {format_bytes(needed)} "
+        f"({needed} bytes), {_amount(free)} are free of its {_amount(limit)} limit (--size)."
+    ]
+    if cause is not None:
+        lines.append(
+            f"vineyardd refused the put ({type(cause).__name__}: {str(cause)[-200:]}); blobs it had "
+            "already written may stay allocated."
+        )
+    else:
+        lines.append("Nothing was stored.")
+    if top:
+        shown = "; ".join(
+            f"{h.dag_id} / {h.run_id}: {format_bytes(h.bytes)} in {h.objects} object(s)"
+            for h in top[:TOP_HOLDERS]
+        )
+        more = f" (and {len(top) - TOP_HOLDERS} more runs)" if len(top) > TOP_HOLDERS else ""
+        lines.append(f"Largest holders by DAG run (DAG / run): {shown}{more}.")
+    elif limit is not None:
+        lines.append(f"No XCom objects named {prefix}/... hold memory in this vineyardd.")
+    if used is not None:
+        other = used - sum(h.bytes for h in top)
+        if other > 0:
+            lines.append(
+                f"{format_bytes(other)} are held by objects without an XCom name (other clients, or "
+                "blobs left by interrupted puts; only client.clear() or a vineyardd restart frees those)."
+            )
+    if limit is not None and required_bytes(needed) > limit:
+        fix = (
+            f"Fix: the value alone is larger than the whole store: start vineyardd with --size of at least "
+            f"{format_bytes(required_bytes(needed) + (used or 0))} (what it holds now plus this value), or "
+            "return a smaller value."
+        )
+    else:
+        fix = (
+            "Fix: release old DAG runs' objects (`fluid-airflow gc` reclaims runs past [fluid] keep_for and "
+            "cleared or deleted runs; a FluidReleaseRunOperator frees a run as it ends), or start vineyardd "
+            "with a larger --size."
+        )
+    lines.append(fix + cause_text)
+    return errors.VineyardOutOfMemoryError(
+        " ".join(lines), needed=needed, free=free, limit=limit, holders=top[:TOP_HOLDERS]
+    )
+
+
+def _amount(n: int | None) -> str:
+    return "an unknown amount" if n is None else f"{format_bytes(n)} ({n} bytes)"
+
+
+def _where(client: Any) -> str:
+    try:
+        return f" at {client.ipc_socket}" if client.is_ipc else f" at {client.rpc_endpoint}"
+    except Exception:
+        return ""
