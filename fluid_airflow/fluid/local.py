@@ -159,6 +159,9 @@ class LocalFluidClient:
         if not path.exists():
             return False
         if plural == RUNTIME_PLURAL:
+            from fluid_airflow.hooks.vineyard import close_clients
+
+            close_clients(self.ipc_socket(namespace, name))  # else vineyardd ignores SIGTERM
             self.daemon(namespace, name).stop()
         path.unlink()
         folder = self.folder(namespace, name)
