@@ -101,6 +101,10 @@ def _metadata(name: str, namespace: str, labels: dict | None, annotations: dict 
     return meta
 
 
+def _resource(kind: str, metadata: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
+
+
 def build_dataset(
     name: str,
     namespace: str,
@@ -137,12 +141,7 @@ def build_dataset(
         spec["nodeAffinity"] = copy.deepcopy(node_affinity)
     if tolerations:
         spec["tolerations"] = copy.deepcopy(tolerations)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Dataset",
-        "metadata": _metadata(name, namespace, labels, annotations),
-        "spec": spec,
-    }
+    return _resource("Dataset", _metadata(name, namespace, labels, annotations), spec)
 
 
 def build_vineyard_runtime(
@@ -215,12 +214,7 @@ def build_vineyard_runtime(
             spec.setdefault(field, {})["networkMode"] = network_mode
     if pod_metadata:
         spec["podMetadata"] = copy.deepcopy(pod_metadata)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "VineyardRuntime",
-        "metadata": _metadata(name, namespace, labels, annotations),
-        "spec": spec,
-    }
+    return _resource("VineyardRuntime", _metadata(name, namespace, labels, annotations), spec)
 
 
 def same_spec(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
