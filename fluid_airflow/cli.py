@@ -3,6 +3,8 @@
 ``fluid-airflow vineyard start|stop|status`` manage the local vineyardd (a thin layer over
 :class:`fluid_airflow.vineyard.daemon.LocalVineyardd`). Defaults come from the ``[fluid]`` Airflow
 config section (``AIRFLOW__FLUID__RUNTIME_DIR``, ``AIRFLOW__FLUID__LOCAL_VINEYARD_SIZE``).
+``fluid-airflow gc`` deletes the XCom backend's Vineyard objects that Airflow no longer refers to
+(:mod:`fluid_airflow.vineyard.gc`); it reads Airflow's metadata DB, like any Airflow CLI command.
 
 Exit codes: 0 success; 1 error (one paragraph on stderr, no traceback); 2 bad usage (argparse);
 ``status`` exits 3 when no vineyardd answers, like ``systemctl status``.
@@ -27,7 +29,7 @@ EXIT_NOT_RUNNING = 3
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluid-airflow", description=__doc__.split("\n\n")[0])
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,gc}")
     vineyard = groups.add_parser("vineyard", help="manage the local vineyardd")
     commands = vineyard.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
 
@@ -60,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show whether vineyardd runs; exit 0 if so, 3 if not")
     status.add_argument("--runtime-dir", help=runtime_help)
     status.add_argument("--json", action="store_true", help="print the status as a JSON object")
+
+    gc = groups.add_parser(
+        "gc",
+        help="delete Vineyard objects of deleted XCom rows, deleted DAG runs and runs past [fluid] keep_for",
+    )
+    gc.set_defaults(command="gc")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be reclaimed")
+    gc.add_argument("--dag-id", help="only look at this DAG's objects")
+    gc.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     return parser
 
 
@@ -121,6 +132,15 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK if status.running else EXIT_NOT_RUNNING
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from fluid_airflow.vineyard.gc import collect, describe
+    from fluid_airflow.vineyard.xcom import backend_hook
+
+    report = collect(backend_hook().get_conn(), dag_id=args.dag_id, dry_run=args.dry_run)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else describe(report))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fluid-airflow`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -137,13 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
-    handlers = {"start": _start, "stop": _stop, "status": _status}
+    handlers = {"start": _start, "stop": _stop, "status": _status, "gc": _gc}
     try:
         return handlers[args.command](args)
     except (FluidAirflowError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split("\n", 1)[0].split())
         detail = str(exc).split("\n", 1)[1] if "\n" in str(exc) else ""
-        print(f"fluid-airflow vineyard {args.command}: error: {message}", file=sys.stderr)
+        where = "gc" if args.group == "gc" else f"vineyard {args.command}"
+        print(f"fluid-airflow {where}: error: {message}", file=sys.stderr)
         if detail:  # e.g. the last lines of vineyardd's log
             print(detail, file=sys.stderr)
         return EXIT_ERROR

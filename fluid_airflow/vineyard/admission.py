@@ -158,7 +158,7 @@ def holders(client: Any, prefix: str) -> list[Holder]:
 
     sizes: dict[tuple[str, str], list[int]] = {}
     seen: set[int] = set()
-    pattern = naming._part(prefix) + "/*"  # the same quoting as the names themselves
+    pattern = naming.names_pattern(prefix=prefix)
     for name, object_id in client.list_names(pattern, limit=LIST_LIMIT).items():
         try:
             parts = naming.split_xcom_object_name(name)

@@ -39,6 +39,11 @@ def run_name_prefix(*, prefix: str, dag_id: str, run_id: str) -> str:
     return "/".join([_part(prefix), _part(dag_id), _part(run_id)]) + "/"
 
 
+def names_pattern(*, prefix: str, dag_id: str | None = None) -> str:
+    """A ``list_names`` glob matching every XCom object name under ``prefix`` (of one DAG)."""
+    return _part(prefix) + "/" + (_part(dag_id) + "/" if dag_id else "") + "*"
+
+
 def split_xcom_object_name(name: str) -> dict[str, str | int]:
     """Inverse of :func:`xcom_object_name`: ``{prefix, dag_id, run_id, task_id, map_index, key}``.
 

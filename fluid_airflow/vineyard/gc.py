@@ -1,0 +1,229 @@
+"""Reclaim the XCom backend's Vineyard objects that Airflow no longer needs (``fluid-airflow gc``).
+
+Airflow calls the backend's ``purge`` only when a task is retried or cleared (shared notes
+airflow.md section 5.3): deleting an XCom row in the UI or REST API, deleting a DAG run and
+``airflow db clean`` all leave the row's Vineyard object in shared memory, and Vineyard never
+frees anything by itself (vineyard.md section 1). This module compares the objects named under
+``[fluid] name_prefix`` with Airflow's metadata DB and deletes the orphans:
+
+- ``run_deleted``: the object's DAG run is gone;
+- ``unreferenced``: the run is finished and none of its XCom rows refers to the object id;
+- ``expired``: the run is finished and ``[fluid] keep_for`` seconds (>= 0) have passed since it ended.
+
+Objects of runs that are not finished (queued, running) are never touched: their tasks may be
+storing an object whose XCom row is not written yet. Names that are not XCom object names are
+reported as skipped. Deleting an object also drops its name, unless the name was repointed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fluid_airflow import config
+from fluid_airflow.vineyard.naming import names_pattern, split_xcom_object_name, xcom_object_name
+from fluid_airflow.vineyard.reference import is_reference
+from fluid_airflow.vineyard.release import LIST_LIMIT
+from fluid_airflow.vineyard.tree import is_tree, tree_refs
+
+REASONS = {
+    "run_deleted": "its DAG run no longer exists",
+    "unreferenced": "no XCom row of its finished run refers to it",
+    "expired": "its run ended more than [fluid] keep_for seconds ago",
+}
+KEPT = {"run_active": "of queued or running runs", "referenced": "still referenced by XCom rows"}
+FINISHED = ("success", "failed")
+
+
+@dataclass
+class GcObject:
+    """One XCom object and the decision taken about it (``reason``: a key of REASONS or KEPT)."""
+
+    name: str
+    object_id: str
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    key: str
+    bytes: int
+    reason: str
+
+
+@dataclass
+class GcReport:
+    """What ``gc`` reclaimed (or, for a dry run, would reclaim), kept and skipped."""
+
+    dry_run: bool
+    keep_for: int
+    reclaimed: list[GcObject] = field(default_factory=list)
+    kept: list[GcObject] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.bytes for o in self.reclaimed)
+
+    def totals(self, attribute: str, objects: list[GcObject] | None = None) -> dict[str, dict[str, int]]:
+        """``{value: {"objects": n, "bytes": b}}`` of the reclaimed objects grouped by ``attribute``."""
+        out: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
+        for obj in self.reclaimed if objects is None else objects:
+            out[getattr(obj, attribute)]["objects"] += 1
+            out[getattr(obj, attribute)]["bytes"] += obj.bytes
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine-readable summary printed by ``fluid-airflow gc --json``."""
+        return {
+            "dry_run": self.dry_run,
+            "keep_for": self.keep_for,
+            "reclaimed": {"objects": len(self.reclaimed), "bytes": self.bytes},
+            "by_dag": self.totals("dag_id"),
+            "by_reason": self.totals("reason"),
+            "kept": {"objects": len(self.kept), "bytes": sum(o.bytes for o in self.kept)},
+            "kept_by_reason": self.totals("reason", self.kept),
+            "objects": [asdict(o) for o in self.reclaimed],
+            "skipped": self.skipped,
+        }
+
+
+def referenced_ids(value: Any) -> set[str]:
+    """Object ids (short form, ``o…``) that one XCom row's value refers to."""
+    if isinstance(value, str) and value.startswith("{"):  # a DB that hands back the JSON text
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return set()
+    if is_reference(value):
+        return {str(value.get("object_id"))}
+    if is_tree(value):
+        return {str(ref.get("object_id")) for ref in tree_refs(value)}
+    return set()
+
+
+def _run_facts(runs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, set[str]] | None]:
+    """``{(dag_id, run_id): (DagRun, ids its XCom rows refer to) or None when the run is gone}``."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    facts: dict[tuple[str, str], tuple[Any, set[str]] | None] = {}
+    with create_session() as session:
+        for dag_id, run_id in sorted(runs):
+            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+            if run is None:
+                facts[(dag_id, run_id)] = None
+                continue
+            rows = session.scalars(
+                select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
+            )
+            ids = set().union(*(referenced_ids(v) for v in rows))
+            facts[(dag_id, run_id)] = (run, ids)
+        session.expunge_all()
+    return facts
+
+
+def _decide(facts: tuple[Any, set[str]] | None, object_id: str, keep_for: int, now: datetime) -> str:
+    if facts is None:
+        return "run_deleted"
+    run, ids = facts
+    if str(run.state) not in FINISHED:
+        return "run_active"  # tasks may be between storing an object and writing its row
+    if object_id not in ids:
+        return "unreferenced"
+    if keep_for >= 0 and run.end_date is not None and run.end_date + timedelta(seconds=keep_for) <= now:
+        return "expired"
+    return "referenced"
+
+
+def collect(
+    client: Any,
+    *,
+    dag_id: str | None = None,
+    dry_run: bool = False,
+    keep_for: int | None = None,
+    now: datetime | None = None,
+) -> GcReport:
+    """Find the backend's orphaned objects in ``client``'s vineyardd and delete them unless ``dry_run``.
+
+    :param dag_id: only look at this DAG's objects.
+    :param keep_for: seconds a finished run's objects are kept (default ``[fluid] keep_for``;
+        negative: never expire).
+    :param now: the time ``keep_for`` is measured against (default: now, UTC).
+    """
+    import vineyard
+
+    keep_for = config.get_int("keep_for") if keep_for is None else keep_for
+    now = now or datetime.now(timezone.utc)
+    prefix = config.get("name_prefix")
+    pattern = names_pattern(prefix=prefix, dag_id=dag_id)
+    report = GcReport(dry_run=dry_run, keep_for=keep_for)
+    found: list[tuple[str, Any, dict[str, Any]]] = []
+    for name, object_id in sorted(client.list_names(pattern, limit=LIST_LIMIT).items()):
+        try:
+            parts = split_xcom_object_name(name)
+            canonical = xcom_object_name(**parts) == name  # no other encoding of the same XCom
+        except ValueError:
+            canonical = False
+        if not canonical or parts["prefix"] != prefix or (dag_id and parts["dag_id"] != dag_id):
+            report.skipped.append(name)
+            continue
+        found.append((name, object_id, parts))
+    facts = _run_facts({(str(p["dag_id"]), str(p["run_id"])) for _, _, p in found})
+    for name, object_id, parts in found:
+        run_facts = facts[(str(parts["dag_id"]), str(parts["run_id"]))]
+        reason = _decide(run_facts, repr(object_id), keep_for, now)
+        try:
+            size = int(client.get_meta(object_id).memory_usage)
+        except vineyard.ObjectNotExistsException:
+            size = 0  # a dangling name: the object was deleted, the name kept
+        fields = {k: v for k, v in parts.items() if k != "prefix"}
+        obj = GcObject(name=name, object_id=repr(object_id), bytes=size, reason=reason, **fields)
+        (report.reclaimed if reason in REASONS else report.kept).append(obj)
+        if reason in REASONS and not dry_run:
+            _delete(client, name, object_id)
+    return report
+
+
+def _delete(client: Any, name: str, object_id: Any) -> None:
+    """Delete the object, and its name if that still points at it (a re-run may have repointed it)."""
+    import vineyard
+
+    try:
+        if client.get_name(name) == object_id:
+            client.drop_name(name)
+    except vineyard.ObjectNotExistsException:
+        pass
+    client.delete(object_id)  # a silent no-op for an object already gone
+
+
+def describe(report: GcReport) -> str:
+    """Human-readable lines for ``report``."""
+    from fluid_airflow.vineyard.resources import format_bytes
+
+    def amount(objects: int, bytes: int) -> str:
+        return f"{objects} object{'' if objects == 1 else 's'}, {format_bytes(bytes)}"
+
+    verb = "Would reclaim" if report.dry_run else "Reclaimed"
+    tail = " (dry run: nothing deleted)" if report.dry_run else ""
+    lines = [f"{verb} {amount(len(report.reclaimed), report.bytes)}{tail}"]
+    if report.reclaimed:
+        lines.append("by reason:")
+        lines += [f"  {r}: {amount(**t)} ({REASONS[r]})" for r, t in report.totals("reason").items()]
+        lines.append("by DAG:")
+        lines += [f"  {d}: {amount(**t)}" for d, t in report.totals("dag_id").items()]
+        lines.append("objects:")
+        lines += [f"  {o.name}  {o.object_id}  {format_bytes(o.bytes)}  {o.reason}" for o in report.reclaimed]
+    kept = report.totals("reason", report.kept)
+    why = "; ".join(f"{t['objects']} {KEPT[r]}" for r, t in kept.items())
+    kept_bytes = sum(o.bytes for o in report.kept)
+    lines.append(f"Kept {amount(len(report.kept), kept_bytes)}" + (f": {why}" if why else ""))
+    if report.skipped:
+        lines.append(f"Skipped {len(report.skipped)} name(s) that are not XCom object names:")
+        lines += [f"  {name}" for name in report.skipped]
+    return "\n".join(lines)
