@@ -255,3 +255,25 @@ def test_release_operator_frees_the_run(run_dag, vineyard_client):
     assert released["objects"] == 1 and released["bytes"] >= 400_000
     assert run_objects(vineyard_client, dr.dag_id, dr.run_id) == {}
     assert int(vineyard_client.status.memory_usage) == before
+
+
+def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkeypatch, capfd):
+    """The consumer fails fast with the lost-object error; re-running the producer fixes it."""
+    import time
+
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    LocalVineyardd(runtime).start("64Mi")
+    monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_SOCKET", str(runtime / "vineyard.sock"))
+    dag = dagbag.get_dag("fa_restart")
+    started = time.monotonic()
+    dr = dag.test(run_conf={"runtime_dir": str(runtime)})
+    states = task_states(dr)
+    assert states[("restart_vineyardd", -1)] == "success" and states[("consume", -1)] == "failed"
+    assert time.monotonic() - started < 60  # no hang: the error comes at once
+    logged = capfd.readouterr().out
+    assert "VineyardObjectLostError" in logged and "clear task 'produce'" in logged
+    # Re-running the run from the producer (what clearing it does) recomputes the value.
+    again = dag.test(logical_date=dr.logical_date, run_conf={"runtime_dir": str(runtime)})
+    assert str(again.state) == "success"
+    assert values(again)[("consume", -1, "return_value")] == float(sum(range(100_000)))

@@ -87,7 +87,7 @@ class VineyardHook(BaseHook):
         key = (os.getpid(), f"{kind}:{where}")
         with _LOCK:
             client = _CLIENTS.get(key)
-            if client is not None and client.connected:
+            if client is not None and _alive(client):
                 return client
             for stale in [k for k in _CLIENTS if k[0] != key[0]]:
                 # Dropped without close(): closing would act on the parent's connection state.
@@ -106,6 +106,15 @@ class VineyardHook(BaseHook):
             f"vineyardd instance {status.instance_id}: {status.memory_usage} of "
             f"{status.memory_limit} bytes used"
         )
+
+
+def _alive(client: Any) -> bool:
+    """One round trip (~0.1 ms): a restarted vineyardd leaves clients that still say connected
+    but fail their next call with a broken pipe (vineyard.md section 8)."""
+    try:
+        return bool(client.connected) and client.status is not None
+    except Exception:
+        return False
 
 
 def _connect(kind: str, where: str) -> Any:
