@@ -277,3 +277,31 @@ def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkey
     again = dag.test(logical_date=dr.logical_date, run_conf={"runtime_dir": str(runtime)})
     assert str(again.state) == "success"
     assert values(again)[("consume", -1, "return_value")] == float(sum(range(100_000)))
+
+
+def test_four_concurrent_demo_runs_collide_nowhere_and_leave_nothing(runtime):
+    """Four `airflow dags test` processes of the demo DAG share one vineyardd; each releases its run."""
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    daemon = LocalVineyardd(runtime)
+    daemon.start("3Gi")
+    with tempfile.TemporaryDirectory(prefix="fa-four-") as tmp:
+        runs = []
+        for i in range(4):
+            env = _airflow_home(Path(tmp), f"home{i}")
+            env.update(AIRFLOW__FLUID__VINEYARD_SOCKET=str(daemon.socket_path), AIRFLOW__FLUID__KEEP_FOR="0")
+            cmd = [str(BIN / "airflow"), "dags", "test", "flights_delay_regression", f"2026-02-0{i + 1}"]
+            runs.append(
+                (env, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            )
+        metrics = []
+        for env, proc in runs:
+            out, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, out.decode()[-3000:]
+            db = sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
+            ((raw,),) = db.execute("select value from xcom where task_id='evaluate' and key='return_value'")
+            db.close()
+            metrics.append(json.loads(raw))
+    assert all(m == metrics[0] for m in metrics) and metrics[0]["r2"] > 0.5  # same data, same result
+    status = daemon.status()
+    assert status.memory_usage == 0  # every run released its objects when it ended
