@@ -143,6 +143,10 @@ def run(spec: dict[str, Any], client: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns 0, or 3 when the preflight fails (message on stderr, no output file).
+
+    Exceptions of the user's function propagate (non-zero exit, traceback in the task log).
+    """
     parser = argparse.ArgumentParser(prog="python -m fluid_airflow.decorators.runner")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="JSON spec file")
