@@ -160,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"start": _start, "stop": _stop, "status": _status, "gc": _gc}
     try:
         return handlers[args.command](args)
+    except BrokenPipeError:  # output piped into e.g. `head`: the command itself did its work
+        sys.stderr.close()
+        return EXIT_OK
     except (FluidAirflowError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split("\n", 1)[0].split())
         detail = str(exc).split("\n", 1)[1] if "\n" in str(exc) else ""

@@ -16,7 +16,7 @@ class FluidReleaseRunOperator(BaseOperator):
     ``trigger_rule="all_done"`` (the default here). Consumers that run after it would fail with
     ``VineyardObjectLostError``.
 
-    :param dag_id: default: this task's DAG. Templated.
+    :param dag_id_to_release: default: this task's DAG. Templated.
     :param run_id: default: this task's DAG run (``{{ run_id }}``). Templated.
     :returns: (XCom) ``{"objects": int, "bytes": int}`` released.
     :raises VineyardConnectionError: vineyardd does not answer.

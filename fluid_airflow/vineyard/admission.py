@@ -249,7 +249,8 @@ def out_of_memory(
     where = _where(client)
     lines = [
         f"{xcom}: vineyardd{where} has no room for the {what}: it needs about {format_bytes(needed)} "
-        f"({needed} bytes), {_amount(free)} are free of its {_amount(limit)} limit (--size)."
+        f"({needed} bytes), {required_bytes(needed)} bytes with the estimate's safety margin; "
+        f"{_amount(free)} are free of its {_amount(limit)} limit (--size)."
     ]
     if cause is not None:
         lines.append(

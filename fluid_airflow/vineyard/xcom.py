@@ -414,7 +414,9 @@ def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
         f"task {ref.task_id!r} in DAG run {ref.run_id!r} so it recomputes the value (Airflow UI: open "
         "the run, select the task, Clear with downstream; or REST: POST "
         f"/api/v2/dags/{ref.dag_id}/clearTaskInstances with "
-        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true}}).'
+        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true}}). '
+        "If that task's own inputs were lost too (after a vineyardd restart, every object is), clear "
+        "from the first task of the run instead."
     )
 
 
