@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +36,7 @@ from fluid_airflow import config
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard import admission, codec, tree
-from fluid_airflow.vineyard.naming import xcom_object_name
+from fluid_airflow.vineyard import codec, objects, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 log = logging.getLogger(__name__)
@@ -309,140 +306,17 @@ def _serde(value: Any, scope: dict[str, str | None]) -> Any:
 def _store(
     encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
 ) -> VineyardReference:
-    import vineyard
-
-    client = _client()
-    index = -1 if map_index is None else int(map_index)
-    name = xcom_object_name(prefix=config.get("name_prefix"), map_index=index, **scope)
-    try:
-        previous = client.get_name(name)
-    except vineyard.ObjectNotExistsException:
-        previous = None
-    needed = admission.payload_nbytes(encoded.payload)
-    admission.check_room(client, needed, what=encoded.type, scope=scope)  # before any allocation
-    try:
-        object_id = client.put(encoded.payload, persist=True)
-    except vineyard.NotEnoughMemoryException as exc:
-        raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
-    except Exception as exc:
-        raise errors.UnsupportedXComValueError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "
-            f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
-            "decimals to float or str) before returning it."
-        ) from exc
-    try:
-        meta = client.get_meta(object_id)
-        ref = VineyardReference(
-            object_id=repr(object_id),
-            name=name,
-            type=encoded.type,
-            encoding=encoded.encoding,
-            typename=meta.typename,
-            bytes=int(meta.memory_usage),
-            map_index=index,
-            host=_hostname(client),
-            socket=str(client.ipc_socket) if client.is_ipc else "",
-            instance_id=int(client.instance_id),
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            shape=encoded.shape,
-            dtype=encoded.dtype,
-            columns=encoded.columns,
-            extra=encoded.extra,
-            **scope,
-        )
-        if meta.typename == "vineyard::PickleBuffer":
-            raise errors.VineyardReadBackError(
-                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
-                f"{encoded.type}; such objects cannot be read back reliably by other processes. "
-                "Nothing was recorded."
-            )
-        try:
-            stored = client.get(object_id)
-        except Exception as exc:
-            raise errors.VineyardReadBackError(
-                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard stored the {encoded.type} "
-                f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
-                "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
-            ) from exc
-        codec.check_read_back(encoded, original, stored, ref)
-        del stored  # drop the zero-copy views before the name is published
-        client.put_name(object_id, name)
-    except BaseException:
-        client.delete(object_id)
-        raise
-    if previous is not None and previous != object_id:
-        _delete_quietly(client, previous)  # the retried/cleared task's earlier object
-    log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
-    return ref
-
-
-def _hostname(client: Any) -> str:
-    try:
-        return str(client.meta[client.instance_id]["hostname"])
-    except Exception:
-        return socket.gethostname()
+    return objects.store(_client(), encoded, original, scope, map_index)
 
 
 def resolve(ref: VineyardReference) -> Any:
-    """Fetch the object behind ``ref`` and rebuild the producer's value.
-
-    :raises VineyardObjectLostError: no object with the reference's id, or its type changed.
-    """
-    import vineyard
-
+    """Fetch the object behind ``ref`` from the vineyardd that holds it (see :func:`objects.resolve`)."""
     global resolved_in_process
     client = _client(ref)
-    object_id = vineyard.ObjectID(ref.object_id)
     resolved_in_process += 1
-    try:
-        meta = client.get_meta(object_id)
-    except vineyard.ObjectNotExistsException as exc:
-        raise _lost(ref, "no such object in vineyardd") from exc
-    if meta.typename != ref.typename:
-        raise _lost(ref, f"the id now holds a {meta.typename}, not the {ref.typename} stored")
-    if ref.encoding == "json":
-        text = codec.decode(client.get(object_id), ref)
-        return BaseXCom.deserialize_value(_Result(json.loads(text)))
-    return codec.decode(client.get(object_id), ref)
-
-
-def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
-    return errors.VineyardObjectLostError(
-        f"XCom {ref.key!r} of task {ref.producer!r} in DAG run {ref.run_id!r} of DAG {ref.dag_id!r} "
-        f"refers to Vineyard object {ref.object_id} ({ref.name}), which is gone: {cause}. Vineyard "
-        "objects are lost when vineyardd restarts or when the run's objects were released. Fix: clear "
-        f"task {ref.task_id!r} in DAG run {ref.run_id!r} so it recomputes the value (Airflow UI: open "
-        "the run, select the task, Clear with downstream; or REST: POST "
-        f"/api/v2/dags/{ref.dag_id}/clearTaskInstances with "
-        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true}}). '
-        "If that task's own inputs were lost too (after a vineyardd restart, every object is), clear "
-        "from the first task of the run instead."
-    )
+    return objects.resolve(client, ref)
 
 
 def release(ref: VineyardReference) -> bool:
-    """Delete the object behind ``ref`` and its name (if the name still points at it).
-
-    :returns: True when an object was deleted, False when it was already gone.
-    """
-    import vineyard
-
-    client = _client(ref)
-    object_id = vineyard.ObjectID(ref.object_id)
-    try:
-        if client.get_name(ref.name) == object_id:
-            client.drop_name(ref.name)
-    except vineyard.ObjectNotExistsException:
-        pass
-    return _delete_quietly(client, object_id)
-
-
-def _delete_quietly(client: Any, object_id: Any) -> bool:
-    import vineyard
-
-    try:
-        client.get_meta(object_id)
-    except vineyard.ObjectNotExistsException:
-        return False
-    client.delete(object_id)
-    return True
+    """Delete the object behind ``ref`` and its name (see :func:`objects.release`)."""
+    return objects.release(_client(ref), ref)

@@ -1,0 +1,248 @@
+"""Vineyard objects behind XCom references: store, resolve, release.
+
+The XCom backend (:mod:`fluid_airflow.vineyard.xcom`) picks the client; these functions do the
+Vineyard calls, each bounded by the client's ``timeout_seconds`` and with connection failures
+named by :func:`fluid_airflow.vineyard.calls.guarded`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections import namedtuple
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk.bases.xcom import BaseXCom
+
+from fluid_airflow import config
+from fluid_airflow import exceptions as errors
+from fluid_airflow.hooks.vineyard import VineyardHook
+from fluid_airflow.vineyard import admission, calls, codec
+from fluid_airflow.vineyard.naming import xcom_object_name
+from fluid_airflow.vineyard.reference import VineyardReference
+
+log = logging.getLogger(__name__)
+
+_Result = namedtuple("_Result", ["value"])
+
+
+def store(
+    client: Any, encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
+) -> VineyardReference:
+    """Put ``encoded`` (made from ``original``) under its run-scoped name and return the reference.
+
+    The put is read back and checked before the name is published; a failure deletes it. A
+    previous object under the same name (a retried task's) is deleted after the new one is named.
+
+    :param scope: ``key``, ``task_id``, ``dag_id``, ``run_id`` of the XCom.
+    :raises VineyardOutOfMemoryError: the payload does not fit (checked before any allocation).
+    :raises UnsupportedXComValueError: Vineyard cannot hold the value.
+    :raises VineyardReadBackError: what Vineyard gives back differs from what was put.
+    :raises VineyardConnectionError: the connection broke or timed out (VineyardTimeoutError).
+    """
+    action = f"storing XCom {scope['key']!r} of task {scope['task_id']!r} (DAG run {scope['run_id']!r})"
+    with calls.guarded(client, action):
+        return _put(client, encoded, original, scope, map_index)
+
+
+def _put(
+    client: Any, encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
+) -> VineyardReference:
+    import vineyard
+
+    index = -1 if map_index is None else int(map_index)
+    name = xcom_object_name(prefix=config.get("name_prefix"), map_index=index, **scope)
+    try:
+        previous = client.get_name(name)
+    except vineyard.ObjectNotExistsException:
+        previous = None
+    needed = admission.payload_nbytes(encoded.payload)
+    admission.check_room(client, needed, what=encoded.type, scope=scope)  # before any allocation
+    try:
+        # Transient first, persisted below: when the persist cannot reach etcd, the id is known
+        # and the object can be deleted instead of staying behind unnamed.
+        object_id = client.put(encoded.payload)
+    except vineyard.NotEnoughMemoryException as exc:
+        raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
+    except Exception as exc:
+        if calls.is_connection_failure(exc):
+            raise  # not the value's fault: guarded() names it
+        raise errors.UnsupportedXComValueError(
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "
+            f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
+            "decimals to float or str) before returning it."
+        ) from exc
+    try:
+        client.persist(object_id)  # names and metadata visible to every vineyardd on its etcd
+        meta = client.get_meta(object_id)
+        ref = VineyardReference(
+            object_id=repr(object_id),
+            name=name,
+            type=encoded.type,
+            encoding=encoded.encoding,
+            typename=meta.typename,
+            bytes=int(meta.memory_usage),
+            map_index=index,
+            host=_hostname(client),
+            socket=str(client.ipc_socket) if client.is_ipc else "",
+            instance_id=int(client.instance_id),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            shape=encoded.shape,
+            dtype=encoded.dtype,
+            columns=encoded.columns,
+            extra=encoded.extra,
+            **scope,
+        )
+        if meta.typename == "vineyard::PickleBuffer":
+            raise errors.VineyardReadBackError(
+                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
+                f"{encoded.type}; such objects cannot be read back reliably by other processes. "
+                "Nothing was recorded."
+            )
+        try:
+            stored = client.get(object_id)
+        except Exception as exc:
+            raise errors.VineyardReadBackError(
+                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard stored the {encoded.type} "
+                f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
+                "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
+            ) from exc
+        codec.check_read_back(encoded, original, stored, ref)
+        del stored  # drop the zero-copy views before the name is published
+        client.put_name(object_id, name)
+    except BaseException:
+        _roll_back(client, object_id)
+        raise
+    if previous is not None and previous != object_id:
+        _delete_quietly(client, previous)  # the retried/cleared task's earlier object
+    log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
+    return ref
+
+
+def _roll_back(client: Any, object_id: Any) -> None:
+    """Delete a put whose name was never published; the caller re-raises the original error.
+
+    After a timed-out call vineyard's client is disconnected, so the delete is retried once on a
+    fresh connection (measured: with etcd down a transient object still deletes at once).
+    """
+    try:
+        client.delete(object_id)
+        return
+    except Exception as exc:
+        if not calls.is_connection_failure(exc):
+            raise
+    try:
+        if client.is_ipc:
+            VineyardHook(ipc_socket=str(client.ipc_socket)).get_conn().delete(object_id)
+            return
+    except Exception as exc:
+        if not calls.is_connection_failure(exc) and not isinstance(exc, errors.VineyardConnectionError):
+            raise
+    # A died vineyardd lost the object with everything else; a hung one keeps it, unnamed, until
+    # it is restarted. Either way the original error is the one to report.
+    log.warning("Could not delete unnamed Vineyard object %r after a failed push", object_id)
+
+
+def _hostname(client: Any) -> str:
+    try:
+        return str(client.meta[client.instance_id]["hostname"])
+    except Exception:
+        return socket.gethostname()
+
+
+def resolve(client: Any, ref: VineyardReference) -> Any:
+    """Fetch the object behind ``ref`` and rebuild the producer's value (zero-copy views).
+
+    :raises VineyardObjectLostError: no object with the reference's id, its type changed, or the
+        vineyardd instance that held its payload is gone.
+    :raises VineyardConnectionError: the connection broke or timed out (VineyardTimeoutError).
+    """
+    action = f"reading XCom {ref.key!r} of task {ref.producer!r} (object {ref.name})"
+    with calls.guarded(client, action):
+        return _get(client, ref)
+
+
+def _get(client: Any, ref: VineyardReference) -> Any:
+    import vineyard
+
+    object_id = vineyard.ObjectID(ref.object_id)
+    try:
+        meta = client.get_meta(object_id)
+    except vineyard.ObjectNotExistsException as exc:
+        raise _lost(ref, "no such object in vineyardd") from exc
+    if meta.typename != ref.typename:
+        raise _lost(ref, f"the id now holds a {meta.typename}, not the {ref.typename} stored")
+    gone = _holder_gone(client, int(meta.instance_id))
+    if gone:
+        raise _lost(ref, gone)
+    if ref.encoding == "json":
+        text = codec.decode(client.get(object_id), ref)
+        return BaseXCom.deserialize_value(_Result(json.loads(text)))
+    return codec.decode(client.get(object_id), ref)
+
+
+def _holder_gone(client: Any, holder: int) -> str | None:
+    """Why the vineyardd instance ``holder`` cannot have the payload, or None if it may.
+
+    With etcd metadata an object's entry outlives its vineyardd: a restarted vineyardd joins as a
+    new instance id, and etcd keeps the old instance's record (same IPC socket, same host), so the
+    metadata is found while the payload is nowhere (vineyard.md sections 7 and 8).
+    """
+    own = int(client.instance_id)
+    if holder == own:
+        return None
+    cluster = client.meta
+    if holder not in cluster:
+        return f"its payload was held by vineyardd instance {holder}, which has left the cluster"
+    old, new = cluster[holder], cluster.get(own, {})
+    if old.get("ipc_socket") == new.get("ipc_socket") and old.get("hostname") == new.get("hostname"):
+        return (
+            f"its payload was held by vineyardd instance {holder}, an earlier run of the vineyardd now "
+            f"serving {new.get('ipc_socket')} as instance {own} (it restarted)"
+        )
+    return None
+
+
+def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
+    return errors.VineyardObjectLostError(
+        f"XCom {ref.key!r} of task {ref.producer!r} in DAG run {ref.run_id!r} of DAG {ref.dag_id!r} "
+        f"refers to Vineyard object {ref.object_id} ({ref.name}), which is gone: {cause}. Vineyard "
+        "objects are lost when vineyardd restarts or when the run's objects were released. Fix: clear "
+        f"task {ref.task_id!r} in DAG run {ref.run_id!r} so it recomputes the value (Airflow UI: open "
+        "the run, select the task, Clear with downstream; or REST: POST "
+        f"/api/v2/dags/{ref.dag_id}/clearTaskInstances with "
+        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true}}). '
+        "If that task's own inputs were lost too (after a vineyardd restart, every object is), clear "
+        "from the first task of the run instead."
+    )
+
+
+def release(client: Any, ref: VineyardReference) -> bool:
+    """Delete the object behind ``ref`` and its name (if the name still points at it).
+
+    :returns: True when an object was deleted, False when it was already gone.
+    :raises VineyardConnectionError: the connection broke, timed out, or etcd is unreachable.
+    """
+    import vineyard
+
+    object_id = vineyard.ObjectID(ref.object_id)
+    with calls.guarded(client, f"releasing object {ref.name} ({ref.object_id})"):
+        try:
+            if client.get_name(ref.name) == object_id:
+                client.drop_name(ref.name)
+        except vineyard.ObjectNotExistsException:
+            pass
+        return _delete_quietly(client, object_id)
+
+
+def _delete_quietly(client: Any, object_id: Any) -> bool:
+    import vineyard
+
+    try:
+        client.get_meta(object_id)
+    except vineyard.ObjectNotExistsException:
+        return False
+    client.delete(object_id)
+    return True
