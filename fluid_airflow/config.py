@@ -43,6 +43,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "example": "8Gi",
         "default": "2Gi",
     },
+    "vineyard_timeout": {
+        "description": "Seconds any single call to vineyardd (connect handshake, put, get, delete, "
+        "status) may wait for its answer before the task fails with VineyardTimeoutError. Bounds "
+        "a hung vineyardd or one waiting for an unreachable etcd; a slow but working call of a big "
+        "value still finishes, since the wait is per answer, not per transfer.",
+        "type": "float",
+        "example": "120",
+        "default": "30",
+    },
     "inline_threshold": {
         "description": "JSON-able XCom values whose JSON text is below this many bytes stay inline in "
         "Airflow's DB; larger ones go to Vineyard. Arrays, DataFrames and Arrow data always go to Vineyard.",
@@ -90,6 +99,21 @@ def get_int(option: str) -> int:
             f"[{SECTION}] {option} = {raw!r} is not an integer; set AIRFLOW__FLUID__{option.upper()} "
             "to a whole number of bytes"
         ) from None
+
+
+def get_seconds(option: str) -> float:
+    """Return ``[fluid] <option>`` as positive seconds. :raises ValueError: not a positive number."""
+    raw = get(option)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(
+            f"[{SECTION}] {option} = {raw!r} is not a positive number of seconds; set "
+            f"AIRFLOW__FLUID__{option.upper()} to e.g. 30"
+        )
+    return value
 
 
 def default_runtime_dir() -> Path:

@@ -30,7 +30,14 @@ class SocketInUseError(VineyardDaemonError):
 
 
 class VineyardConnectionError(FluidAirflowError):
-    """No vineyardd answers at the configured IPC socket or RPC endpoint."""
+    """No vineyardd answers at the configured IPC socket or RPC endpoint, or the connection broke.
+
+    Retryable: the task's retries apply once vineyardd is back.
+    """
+
+
+class VineyardTimeoutError(VineyardConnectionError, TimeoutError):
+    """vineyardd accepted the connection but did not answer within ``[fluid] vineyard_timeout``."""
 
 
 class UnsupportedXComValueError(FluidAirflowError, TypeError):

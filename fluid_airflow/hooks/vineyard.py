@@ -19,6 +19,7 @@ from airflow.sdk import BaseHook
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
+from fluid_airflow.vineyard import calls
 
 # Clients by (pid, endpoint). A forked child must not use its parent's client (the socket and
 # the client's state belong to the parent), so entries of another pid are ignored and replaced.
@@ -33,6 +34,9 @@ class VineyardHook(BaseHook):
         ``ipc_socket`` or ``rpc_endpoint`` is given.
     :param ipc_socket: path of vineyardd's IPC socket (overrides the connection).
     :param rpc_endpoint: ``host:port`` of vineyardd's RPC service (overrides the connection).
+    :param timeout: seconds one call may wait for vineyardd's answer (connect handshake included);
+        default ``[fluid] vineyard_timeout``. See :mod:`fluid_airflow.vineyard.calls` for why the
+        handshake is probed first.
     """
 
     conn_name_attr = "vineyard_conn_id"
@@ -46,11 +50,22 @@ class VineyardHook(BaseHook):
         *,
         ipc_socket: str | None = None,
         rpc_endpoint: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.vineyard_conn_id = vineyard_conn_id
         self._ipc_socket = ipc_socket
         self._rpc_endpoint = rpc_endpoint
+        self._timeout = timeout
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may wait for vineyardd (``[fluid] vineyard_timeout`` by default)."""
+        if self._timeout is None:
+            from fluid_airflow import config
+
+            self._timeout = config.get_seconds("vineyard_timeout")
+        return self._timeout
 
     def endpoint(self) -> tuple[str, str]:
         """Return ``("ipc", socket_path)`` or ``("rpc", "host:port")``.
@@ -78,10 +93,12 @@ class VineyardHook(BaseHook):
         """Return this process's ``vineyard.Client`` for the endpoint, connecting on first use.
 
         A client made before ``fork()`` is never reused in the child, and a client whose
-        vineyardd went away is replaced.
+        vineyardd went away is replaced. The client's ``timeout_seconds`` is set to
+        :attr:`timeout`, so no later call on it waits longer than that for an answer.
 
-        :raises VineyardConnectionError: the socket file is missing, or vineyardd does not answer
-            (with the IPC retry loop disabled, this takes about 1 s instead of 10 s).
+        :raises VineyardConnectionError: the socket file is missing or not permitted, or vineyardd
+            refuses (about 1 s with the IPC retry loop disabled, instead of 10 s).
+        :raises VineyardTimeoutError: vineyardd accepts but does not answer within :attr:`timeout`.
         """
         kind, where = self.endpoint()
         key = (os.getpid(), f"{kind}:{where}")
@@ -92,7 +109,8 @@ class VineyardHook(BaseHook):
             for stale in [k for k in _CLIENTS if k[0] != key[0]]:
                 # Dropped without close(): closing would act on the parent's connection state.
                 del _CLIENTS[stale]
-            client = _connect(kind, where)
+            client = _connect(kind, where, self.timeout)
+            client.timeout_seconds = max(1, round(self.timeout))  # vineyard takes whole seconds
             _CLIENTS[key] = client
             return client
 
@@ -110,25 +128,35 @@ class VineyardHook(BaseHook):
 
 def _alive(client: Any) -> bool:
     """One round trip (~0.1 ms): a restarted vineyardd leaves clients that still say connected
-    but fail their next call with a broken pipe (vineyard.md section 8)."""
+    but fail their next call with a broken pipe (vineyard.md section 8). Bounded by the client's
+    ``timeout_seconds``."""
     try:
         return bool(client.connected) and client.status is not None
     except Exception:
         return False
 
 
-def _connect(kind: str, where: str) -> Any:
+def _connect(kind: str, where: str, timeout: float) -> Any:
     # Without this, a missing socket costs 10 s of silent retries (vineyard.md section 4).
     os.environ.setdefault("VINEYARD_IPC_SKIP_RETRY", "1")
     import vineyard
 
     if kind == "ipc":
-        if not Path(where).exists():
+        try:
+            present = Path(where).exists()
+        except PermissionError as exc:
+            raise errors.VineyardConnectionError(
+                f"Not permitted to reach vineyardd's IPC socket {where} ({exc}): a folder on its path is "
+                "closed to this user. Run the task as a user who may enter that folder and use the "
+                "socket, or start vineyardd with its socket in a folder this user can reach."
+            ) from exc
+        if not present:
             raise errors.VineyardConnectionError(
                 f"No vineyardd IPC socket at {where}: the file does not exist. Start a local one with "
                 "`fluid-airflow vineyard start`, or point [fluid] vineyard_socket (or the vineyard "
                 "connection's ipc_socket) at a running vineyardd."
             )
+        calls.probe(kind, where, timeout)
         try:
             return vineyard.connect(where)
         except Exception as exc:
@@ -140,6 +168,7 @@ def _connect(kind: str, where: str) -> Any:
     host, _, port = where.rpartition(":")
     if not host or not port.isdigit():
         raise errors.VineyardConnectionError(f"RPC endpoint {where!r} is not host:port")
+    calls.probe(kind, where, timeout)
     try:
         return vineyard.connect(host, int(port))
     except Exception as exc:

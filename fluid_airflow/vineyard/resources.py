@@ -301,19 +301,25 @@ def _skip_ipc_retry() -> Iterator[None]:
             os.environ["VINEYARD_IPC_SKIP_RETRY"] = previous
 
 
-def query_instance(path: str | os.PathLike[str]) -> dict[str, int]:
+def query_instance(path: str | os.PathLike[str], timeout: float = 5.0) -> dict[str, int]:
     """Handshake with the vineyardd at ``path`` and return its ``client.status`` numbers.
 
+    :param timeout: seconds the handshake and the status call may each wait for an answer.
     :returns: ``memory_usage`` and ``memory_limit`` (bytes) and ``instance_id``.
     :raises VineyardConnectionError: nothing answers, or it does not speak vineyard's IPC protocol.
+    :raises VineyardTimeoutError: it accepts connections but does not answer (hung).
     """
     if not socket_answers(path):
         raise VineyardConnectionError(f"no process listens on the vineyard IPC socket {os.fspath(path)}")
+    from fluid_airflow.vineyard import calls
+
+    calls.probe("ipc", os.fspath(path), timeout)  # vineyard.connect itself would wait 300 s
     import vineyard  # ~1 s to import; only here, never at module import time
 
     try:
         with _skip_ipc_retry():
             client = vineyard.connect(os.fspath(path))
+        client.timeout_seconds = max(1, round(timeout))
     except Exception as exc:
         raise VineyardConnectionError(
             f"the process on {os.fspath(path)} does not answer as vineyardd: {exc}"
