@@ -170,18 +170,22 @@ class LocalVineyardd:
         *,
         rpc_port: int | None = None,
         allow_public_rpc: bool = False,
+        etcd_endpoint: str | None = None,
         timeout: float = 30.0,
     ) -> DaemonStatus:
         """Start vineyardd in the background and wait until its socket answers a vineyard client.
 
         Every check runs before anything is spawned. The daemon is started with ``--meta local
-        --norpc`` in its own session (it outlives the caller) with ``GLOG_logtostderr=1`` so its log
-        goes to ``log_file`` instead of glog files in /tmp.
+        --norpc`` (unless told otherwise) in its own session (it outlives the caller) with
+        ``GLOG_logtostderr=1`` so its log goes to ``log_file`` instead of glog files in /tmp.
 
         :param size: shared memory, see :func:`~fluid_airflow.vineyard.resources.parse_size`; default
             ``[fluid] local_vineyard_size``. Passed to vineyardd as a byte count.
         :param rpc_port: also serve RPC on this TCP port. vineyardd then listens on **all interfaces,
             unauthenticated**; refused unless ``allow_public_rpc`` is True.
+        :param etcd_endpoint: keep metadata in the etcd at this URL (``http://127.0.0.1:2379``,
+            ``--meta etcd``) instead of ``--meta local``: what a VineyardRuntime's cache nodes do, so
+            names of persisted objects are visible to every vineyardd on that etcd.
         :param timeout: seconds to wait for the socket to answer.
         :returns: the status of the running daemon.
         :raises InvalidSizeError: ``size`` is not a size.
@@ -207,7 +211,9 @@ class LocalVineyardd:
         check_memory(size_bytes, memory_limits(), size_text)
         with self._locked():
             self._refuse_or_clean(sock)
-            argv = [os.fspath(binary), "--socket", str(sock), "--size", str(size_bytes), "--meta", "local"]
+            argv = [os.fspath(binary), "--socket", str(sock), "--size", str(size_bytes)]
+            meta = ["etcd", "--etcd_endpoint", etcd_endpoint] if etcd_endpoint else ["local"]
+            argv += ["--meta", *meta]
             argv += rpc_args
             sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.log_file.exists():
@@ -232,6 +238,7 @@ class LocalVineyardd:
                 "started_at": time.time(),
                 "argv": argv,
                 "rpc_port": rpc_port,
+                "etcd_endpoint": etcd_endpoint,
             }
             self._write_atomic(self.state_file, json.dumps(state, indent=2) + "\n")
             try:
