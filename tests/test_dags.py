@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import BIN, task_states, xcom_rows
 
+from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 
@@ -265,6 +266,7 @@ def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkey
 
     LocalVineyardd(runtime).start("64Mi")
     monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_SOCKET", str(runtime / "vineyard.sock"))
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")  # released at run end: nothing may stay
     dag = dagbag.get_dag("fa_restart")
     started = time.monotonic()
     dr = dag.test(run_conf={"runtime_dir": str(runtime)})
@@ -277,6 +279,9 @@ def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkey
     again = dag.test(logical_date=dr.logical_date, run_conf={"runtime_dir": str(runtime)})
     assert str(again.state) == "success"
     assert values(again)[("consume", -1, "return_value")] == float(sum(range(100_000)))
+    client = VineyardHook(ipc_socket=str(runtime / "vineyard.sock")).get_conn()
+    assert client.list_names("*", limit=100) == {} and client.status.memory_usage == 0
+    close_clients(str(runtime / "vineyard.sock"))
 
 
 def test_four_concurrent_demo_runs_collide_nowhere_and_leave_nothing(runtime):
