@@ -3,6 +3,8 @@
 ``fluid-airflow vineyard start|stop|status`` manage the local vineyardd (a thin layer over
 :class:`fluid_airflow.vineyard.daemon.LocalVineyardd`). Defaults come from the ``[fluid]`` Airflow
 config section (``AIRFLOW__FLUID__RUNTIME_DIR``, ``AIRFLOW__FLUID__LOCAL_VINEYARD_SIZE``).
+``fluid-airflow cluster start|stop|status`` manage a local Vineyard cluster: one etcd and N
+vineyardd with RPC, each standing for a cache node (:mod:`fluid_airflow.vineyard.cluster`).
 ``fluid-airflow gc`` deletes the XCom backend's Vineyard objects that Airflow no longer refers to
 (:mod:`fluid_airflow.vineyard.gc`); it reads Airflow's metadata DB, like any Airflow CLI command.
 
@@ -29,7 +31,7 @@ EXIT_NOT_RUNNING = 3
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluid-airflow", description=__doc__.split("\n\n")[0])
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,gc}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,cluster,gc}")
     vineyard = groups.add_parser("vineyard", help="manage the local vineyardd")
     commands = vineyard.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
 
@@ -62,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show whether vineyardd runs; exit 0 if so, 3 if not")
     status.add_argument("--runtime-dir", help=runtime_help)
     status.add_argument("--json", action="store_true", help="print the status as a JSON object")
+
+    cluster = groups.add_parser("cluster", help="manage a local Vineyard cluster (etcd + N vineyardd)")
+    cluster_commands = cluster.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
+    cluster_help = "folder of the cluster: etcd/, node<i>/ and cluster.json (keep it short)"
+    cstart = cluster_commands.add_parser(
+        "start", help="start etcd and N vineyardd with RPC (all interfaces, unauthenticated)"
+    )
+    cstart.add_argument("--runtime-dir", required=True, help=cluster_help)
+    cstart.add_argument("--instances", type=int, default=3, help="vineyardd instances, one per 'node' (3)")
+    cstart.add_argument("--size", default="256Mi", help="shared memory of each vineyardd (256Mi)")
+    cstop = cluster_commands.add_parser("stop", help="stop every vineyardd, then etcd")
+    cstop.add_argument("--runtime-dir", required=True, help=cluster_help)
+    cstatus = cluster_commands.add_parser("status", help="list the instances; exit 0 if all answer, 3 if not")
+    cstatus.add_argument("--runtime-dir", required=True, help=cluster_help)
+    cstatus.add_argument("--json", action="store_true", help="print the instances as JSON")
 
     gc = groups.add_parser(
         "gc",
@@ -141,6 +158,54 @@ def _gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cluster_start(args: argparse.Namespace) -> int:
+    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
+
+    cluster = LocalVineyardCluster(args.runtime_dir, instances=args.instances)
+    for instance in cluster.start(args.size):
+        where = f"socket {instance.socket}, RPC port {instance.rpc_port}"
+        print(f"instance {instance.index}: pid {instance.pid}, {where}")
+    print(f"etcd: {cluster.etcd.endpoint} (pid {cluster.etcd.pid})")
+    print("A task on 'node' i uses: export AIRFLOW__FLUID__VINEYARD_SOCKET=<socket of instance i>")
+    return EXIT_OK
+
+
+def _cluster_stop(args: argparse.Namespace) -> int:
+    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
+
+    stopped = LocalVineyardCluster(args.runtime_dir).stop()
+    print(f"cluster in {args.runtime_dir} {'stopped' if stopped else 'was not running'}")
+    return EXIT_OK
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
+
+    cluster = LocalVineyardCluster(args.runtime_dir)
+    if not cluster.state_file.exists():
+        print(f"no cluster in {args.runtime_dir} (no cluster.json)")
+        return EXIT_NOT_RUNNING
+    instances = cluster.instances()
+    healthy = cluster.etcd.healthy()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "etcd": cluster.etcd.endpoint,
+                    "etcd_healthy": healthy,
+                    "instances": [asdict(i) for i in instances],
+                }
+            )
+        )
+    else:
+        print(f"etcd {cluster.etcd.endpoint}: {'healthy' if healthy else 'not answering'}")
+        for i in instances:
+            print(f"instance {i.index}: {'pid ' + str(i.pid) if i.pid else 'not running'}, socket {i.socket}")
+    return EXIT_OK if healthy and all(i.pid for i in instances) else EXIT_NOT_RUNNING
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fluid-airflow`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -157,16 +222,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
-    handlers = {"start": _start, "stop": _stop, "status": _status, "gc": _gc}
+    handlers = {
+        ("vineyard", "start"): _start,
+        ("vineyard", "stop"): _stop,
+        ("vineyard", "status"): _status,
+        ("cluster", "start"): _cluster_start,
+        ("cluster", "stop"): _cluster_stop,
+        ("cluster", "status"): _cluster_status,
+        ("gc", "gc"): _gc,
+    }
     try:
-        return handlers[args.command](args)
+        return handlers[(args.group, args.command)](args)
     except BrokenPipeError:  # output piped into e.g. `head`: the command itself did its work
         sys.stderr.close()
         return EXIT_OK
     except (FluidAirflowError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split("\n", 1)[0].split())
         detail = str(exc).split("\n", 1)[1] if "\n" in str(exc) else ""
-        where = "gc" if args.group == "gc" else f"vineyard {args.command}"
+        where = "gc" if args.group == "gc" else f"{args.group} {args.command}"
         print(f"fluid-airflow {where}: error: {message}", file=sys.stderr)
         if detail:  # e.g. the last lines of vineyardd's log
             print(detail, file=sys.stderr)

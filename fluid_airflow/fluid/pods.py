@@ -277,19 +277,23 @@ def host_bytes(refs: Any) -> dict[str, int]:
     return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
-def host_weights(refs: Any, max_weight: int = 100) -> dict[str, int]:
+def host_weights(refs: Any, max_weight: int = 100, located: dict[str, int] | None = None) -> dict[str, int]:
     """Preferred-affinity weight per host: ``max(1, round(max_weight * bytes_on_host / total))``.
 
     With 0 bytes in total every host gets ``max(1, round(max_weight / hosts))``. Hosts that are
     not valid label values (63 characters of letters, digits, ``-_.``) are left out.
 
+    :param located: bytes per host read from Vineyard's metadata
+        (:func:`fluid_airflow.vineyard.locations.host_bytes`, which also counts migrated copies);
+        default: the hosts the references recorded when they were stored.
     :raises FluidSpecError: as :func:`host_bytes`, or ``max_weight`` not an int in 1..100.
     """
     if isinstance(max_weight, bool) or not isinstance(max_weight, int) or not 1 <= max_weight <= 100:
         raise errors.FluidSpecError(f"max_weight {max_weight!r} must be an integer from 1 to 100")
+    recorded = host_bytes(refs)  # also validates refs
     totals = {
         h: b
-        for h, b in host_bytes(refs).items()
+        for h, b in (recorded if located is None else located).items()
         if len(h) <= manifests.LABEL_NAME_MAX and _LABEL_NAME.match(h)
     }
     total = sum(totals.values())
@@ -298,7 +302,9 @@ def host_weights(refs: Any, max_weight: int = 100) -> dict[str, int]:
     return {h: max(1, round(max_weight * b / total)) for h, b in totals.items()}
 
 
-def object_affinity(pod: k8s.V1Pod, refs: Any, *, max_weight: int = 100) -> k8s.V1Pod:
+def object_affinity(
+    pod: k8s.V1Pod, refs: Any, *, max_weight: int = 100, located: dict[str, int] | None = None
+) -> k8s.V1Pod:
     """Object-level affinity: prefer the nodes whose vineyardd holds the task's inputs, by size.
 
     Groups the references by ``host`` and appends one preferred term per host,
@@ -312,10 +318,12 @@ def object_affinity(pod: k8s.V1Pod, refs: Any, *, max_weight: int = 100) -> k8s.
 
     :param refs: references, reference trees, or lists of them (see :func:`host_bytes`).
     :param max_weight: the weight of a host holding all the bytes, 1..100.
+    :param located: bytes per host from Vineyard's metadata instead of the recorded hosts (see
+        :func:`host_weights`).
     :returns: a deep copy of ``pod``, unchanged when no reference names a host.
     :raises FluidSpecError: as :func:`host_weights`.
     """
-    weights = host_weights(refs, max_weight)
+    weights = host_weights(refs, max_weight, located)
     pod = _copy(pod, "object_affinity")
     if weights:
         node = _node_affinity(pod)

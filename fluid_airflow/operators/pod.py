@@ -111,9 +111,25 @@ class FluidPodOperator(KubernetesPodOperator):
             key = self._label_key(namespace, name, dry_run)
             if key:
                 pod = pods.data_affinity(pod, key, self.data_affinity)
-        pod = pods.object_affinity(pod, self.input_refs)
+        pod = pods.object_affinity(pod, self.input_refs, located=self._located())
         pod.metadata.labels = {**(pod.metadata.labels or {}), pods.DATASET_LABEL: name}
         return pod
+
+    def _located(self) -> dict[str, int] | None:
+        """Bytes per host from Vineyard's metadata when this worker reaches the backend's
+        vineyardd (it then also sees migrated copies); None (use the recorded hosts) otherwise."""
+        if not self.input_refs:
+            return None
+        from fluid_airflow.exceptions import VineyardConnectionError
+        from fluid_airflow.vineyard import locations
+        from fluid_airflow.vineyard.xcom import backend_hook
+
+        try:
+            located = locations.host_bytes(backend_hook().get_conn(), self.input_refs)
+        except VineyardConnectionError as exc:
+            self.log.info("Object affinity from the references' recorded hosts (%s)", exc)
+            return None
+        return located or None  # none of them in that vineyardd: another cluster's objects
 
     def _namespace(self, pod: Any, dry_run: bool) -> str:
         namespace = self.dataset_namespace or self.namespace

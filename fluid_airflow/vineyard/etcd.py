@@ -20,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from fluid_airflow.exceptions import VineyardDaemonError
 
 
@@ -68,10 +70,20 @@ class LocalEtcd:
 
     @property
     def pid(self) -> int | None:
-        """Pid of the running etcd, or None."""
-        if self._process is None or self._process.poll() is not None:
+        """Pid of the running etcd (started by this object, or recorded in ``etcd.pid``), or None.
+
+        A recorded pid counts only while its process is etcd serving ``data_dir`` (psutil), so a
+        stale pid file never names an unrelated process.
+        """
+        if self._process is not None:
+            return self._process.pid if self._process.poll() is None else None
+        try:
+            pid = int((self.data_dir / "etcd.pid").read_text())
+            proc = psutil.Process(pid)
+            serving = any(str(self.data_dir) in arg for arg in proc.cmdline())
+            return pid if serving and proc.status() != psutil.STATUS_ZOMBIE else None
+        except (OSError, ValueError, psutil.Error):
             return None
-        return self._process.pid
 
     def start(self, timeout: float = 20.0) -> None:
         """Start etcd and wait until ``/health`` reports healthy.
@@ -97,8 +109,13 @@ class LocalEtcd:
         log_file = self.data_dir / "etcd.log"
         with open(log_file, "ab") as log_handle:
             self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=subprocess.STDOUT
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the CLI that started it
             )
+        (self.data_dir / "etcd.pid").write_text(f"{self._process.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -120,15 +137,21 @@ class LocalEtcd:
         except (OSError, ValueError):
             return False
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; no-op when not running."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds. Returns False when none was running."""
+        pid = self.pid
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
+        (self.data_dir / "etcd.pid").unlink(missing_ok=True)
+        if pid is None:
+            return False
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if process is not None:
+            process.poll()  # reap our child
+        return True

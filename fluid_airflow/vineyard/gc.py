@@ -23,7 +23,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.vineyard.naming import names_pattern, split_xcom_object_name, xcom_object_name
+from fluid_airflow.vineyard.migration import held_bytes
+from fluid_airflow.vineyard.naming import (
+    names_pattern,
+    split_copy_name,
+    split_xcom_object_name,
+    xcom_object_name,
+)
 from fluid_airflow.vineyard.reference import is_reference
 from fluid_airflow.vineyard.release import LIST_LIMIT
 from fluid_airflow.vineyard.tree import is_tree, tree_refs
@@ -163,23 +169,25 @@ def collect(
     prefix = config.get("name_prefix")
     pattern = names_pattern(prefix=prefix, dag_id=dag_id)
     report = GcReport(dry_run=dry_run, keep_for=keep_for)
-    found: list[tuple[str, Any, dict[str, Any]]] = []
+    found: list[tuple[str, Any, dict[str, Any], str]] = []
     for name, object_id in sorted(client.list_names(pattern, limit=LIST_LIMIT).items()):
+        copy = split_copy_name(name)  # a consumer's migrated copy is judged by its original
+        base = copy[0] if copy else name
         try:
-            parts = split_xcom_object_name(name)
-            canonical = xcom_object_name(**parts) == name  # no other encoding of the same XCom
+            parts = split_xcom_object_name(base)
+            canonical = xcom_object_name(**parts) == base  # no other encoding of the same XCom
         except ValueError:
             canonical = False
         if not canonical or parts["prefix"] != prefix or (dag_id and parts["dag_id"] != dag_id):
             report.skipped.append(name)
             continue
-        found.append((name, object_id, parts))
-    facts = _run_facts({(str(p["dag_id"]), str(p["run_id"])) for _, _, p in found})
-    for name, object_id, parts in found:
+        found.append((name, object_id, parts, copy[1] if copy else repr(object_id)))
+    facts = _run_facts({(str(p["dag_id"]), str(p["run_id"])) for _, _, p, _ in found})
+    for name, object_id, parts, original in found:
         run_facts = facts[(str(parts["dag_id"]), str(parts["run_id"]))]
-        reason = _decide(run_facts, repr(object_id), keep_for, now)
+        reason = _decide(run_facts, original, keep_for, now)
         try:
-            size = int(client.get_meta(object_id).memory_usage)
+            size = held_bytes(client.get_meta(object_id))
         except vineyard.ObjectNotExistsException:
             size = 0  # a dangling name: the object was deleted, the name kept
         fields = {k: v for k, v in parts.items() if k != "prefix"}

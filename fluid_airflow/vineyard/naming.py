@@ -6,6 +6,12 @@ a run id or key can neither make two XComs share a name nor widen a ``list_names
 Two DAG runs never share a name because Airflow's run ids are unique per DAG; a retry of the
 same task instance (same map index and key) reuses its name on purpose, so it replaces its
 earlier object.
+
+A copy that a consumer on another vineyardd instance migrated to its own instance is named
+``<xcom name>#<original object id>@<instance id>.<token>``: ``#`` is always percent-encoded
+inside components, so it cannot occur in an XCom name; the copy shares its run's prefix (released
+with the run) and names its original (``gc`` judges it by the original's XCom row). The token
+keeps two consumers that migrate at the same moment from overwriting each other's name.
 """
 
 from __future__ import annotations
@@ -42,6 +48,30 @@ def run_name_prefix(*, prefix: str, dag_id: str, run_id: str) -> str:
 def names_pattern(*, prefix: str, dag_id: str | None = None) -> str:
     """A ``list_names`` glob matching every XCom object name under ``prefix`` (of one DAG)."""
     return _part(prefix) + "/" + (_part(dag_id) + "/" if dag_id else "") + "*"
+
+
+COPY_MARK = "#"
+
+
+def copy_object_name(name: str, object_id: str, instance_id: int, token: str) -> str:
+    """Name of a migrated copy of the object ``object_id`` (named ``name``) on ``instance_id``."""
+    return f"{name}{COPY_MARK}{object_id}@{int(instance_id)}.{token}"
+
+
+def copies_pattern(name: str, object_id: str, instance_id: int | None = None) -> str:
+    """A ``list_names`` glob of the copies of ``object_id`` (on ``instance_id``, or anywhere)."""
+    where = "*" if instance_id is None else f"{int(instance_id)}.*"
+    return f"{name}{COPY_MARK}{object_id}@{where}"
+
+
+def split_copy_name(name: str) -> tuple[str, str, int] | None:
+    """``(xcom name, original object id, instance id)`` of a copy's name, or None for other names."""
+    base, mark, rest = name.partition(COPY_MARK)
+    original, at, where = rest.partition("@")
+    instance = where.partition(".")[0]
+    if not mark or not at or not original or not instance.isdigit():
+        return None
+    return base, original, int(instance)
 
 
 def split_xcom_object_name(name: str) -> dict[str, str | int]:

@@ -19,7 +19,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 from fluid_airflow import config
 from fluid_airflow import exceptions as errors
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard import admission, calls, codec
+from fluid_airflow.vineyard import admission, calls, codec, migration
 from fluid_airflow.vineyard.naming import xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
 
@@ -174,34 +174,66 @@ def _get(client: Any, ref: VineyardReference) -> Any:
         raise _lost(ref, "no such object in vineyardd") from exc
     if meta.typename != ref.typename:
         raise _lost(ref, f"the id now holds a {meta.typename}, not the {ref.typename} stored")
-    gone = _holder_gone(client, int(meta.instance_id))
+    holder = int(meta.instance_id)
+    gone = _holder_gone(client, holder)
     if gone:
+        migration.count("failed", ref, f": {gone}")
         raise _lost(ref, gone)
+    if holder == int(client.instance_id):
+        migration.count("local", ref)
+    else:
+        object_id = _migrate(client, ref, holder)
     if ref.encoding == "json":
         text = codec.decode(client.get(object_id), ref)
         return BaseXCom.deserialize_value(_Result(json.loads(text)))
     return codec.decode(client.get(object_id), ref)
 
 
+def _migrate(client: Any, ref: VineyardReference, holder: int) -> Any:
+    """A local copy of ``ref``'s object, which another instance of the cluster holds.
+
+    The holder's RPC endpoint is probed first: our vineyardd would otherwise wait for a dead
+    holder until our client's timeout, and report it as a hang of its own.
+    """
+    endpoint = str(client.meta.get(holder, {}).get("rpc_endpoint", "?"))
+    try:
+        calls.probe("rpc", endpoint, float(client.timeout_seconds))
+        return migration.local_object(client, ref, holder)
+    except Exception as exc:
+        if calls.is_connection_failure(exc) and not client.connected:
+            raise  # our own connection broke: guarded() names it
+        migration.count("failed", ref, f": instance {holder} at {endpoint}: {exc}")
+        raise _lost(
+            ref,
+            f"its payload is on vineyardd instance {holder} (RPC {endpoint}), which could not hand it "
+            f"over ({type(exc).__name__}: {str(exc)[:200]}); that instance died or is unreachable",
+        ) from exc
+
+
 def _holder_gone(client: Any, holder: int) -> str | None:
     """Why the vineyardd instance ``holder`` cannot have the payload, or None if it may.
 
     With etcd metadata an object's entry outlives its vineyardd: a restarted vineyardd joins as a
-    new instance id, and etcd keeps the old instance's record (same IPC socket, same host), so the
-    metadata is found while the payload is nowhere (vineyard.md sections 7 and 8).
+    new, higher instance id, and etcd keeps the old instance's record (same IPC socket, same
+    host), so the metadata is found while the payload is nowhere (vineyard.md sections 7, 8).
     """
-    own = int(client.instance_id)
-    if holder == own:
+    if holder == int(client.instance_id):
         return None
     cluster = client.meta
     if holder not in cluster:
         return f"its payload was held by vineyardd instance {holder}, which has left the cluster"
-    old, new = cluster[holder], cluster.get(own, {})
-    if old.get("ipc_socket") == new.get("ipc_socket") and old.get("hostname") == new.get("hostname"):
-        return (
-            f"its payload was held by vineyardd instance {holder}, an earlier run of the vineyardd now "
-            f"serving {new.get('ipc_socket')} as instance {own} (it restarted)"
+    old = cluster[holder]
+    for instance, entry in cluster.items():
+        same_place = (entry.get("ipc_socket"), entry.get("hostname")) == (
+            old.get("ipc_socket"),
+            old.get("hostname"),
         )
+        if int(instance) > holder and same_place:
+            return (
+                f"its payload was held by vineyardd instance {holder}, an earlier run of the vineyardd "
+                f"now serving {old.get('ipc_socket')} on {old.get('hostname')} as instance {instance} "
+                "(it restarted)"
+            )
     return None
 
 
@@ -234,6 +266,7 @@ def release(client: Any, ref: VineyardReference) -> bool:
                 client.drop_name(ref.name)
         except vineyard.ObjectNotExistsException:
             pass
+        migration.release_copies(client, ref)
         return _delete_quietly(client, object_id)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluid_airflow import config
+from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import run_name_prefix
 
 LIST_LIMIT = 1_000_000  # list_names defaults to 5 results (vineyard.md section 4)
@@ -45,7 +46,7 @@ def release_run(client: Any, dag_id: str, run_id: str, *, dry_run: bool = False)
     report = ReleaseReport()
     for name, object_id in sorted(run_objects(client, dag_id, run_id).items()):
         try:
-            size = int(client.get_meta(object_id).memory_usage)
+            size = held_bytes(client.get_meta(object_id))
         except vineyard.ObjectNotExistsException:
             size = None
         if size is not None:

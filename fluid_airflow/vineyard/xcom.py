@@ -36,7 +36,7 @@ from fluid_airflow import config
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard import codec, objects, tree
+from fluid_airflow.vineyard import codec, migration, objects, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ def _client(ref: VineyardReference | None = None) -> Any:
     if ref is not None and ref.socket:
         kind, where = hook.endpoint()
         if (kind, where) != ("ipc", ref.socket):
+            own = _own_cluster_client(hook, ref)
+            if own is not None:  # another instance of our cluster: migrate, don't bypass
+                return own
             if not Path(ref.socket).exists():
                 raise errors.VineyardConnectionError(
                     f"XCom {ref.key!r} of task {ref.producer!r} (DAG run {ref.run_id!r}) lives in the "
@@ -98,6 +101,15 @@ def _client(ref: VineyardReference | None = None) -> Any:
                 )
             return VineyardHook(ipc_socket=ref.socket).get_conn()
     return hook.get_conn()
+
+
+def _own_cluster_client(hook: VineyardHook, ref: VineyardReference) -> Any | None:
+    """The configured client when ``ref``'s instance is in its cluster (shared etcd), else None."""
+    try:
+        client = hook.get_conn()
+    except errors.VineyardConnectionError:
+        return None  # e.g. only a Dataset's vineyardd runs here
+    return client if migration.same_cluster(client, ref) else None
 
 
 def backend_hook() -> VineyardHook:

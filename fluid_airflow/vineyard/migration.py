@@ -1,0 +1,117 @@
+"""Reads across vineyardd instances: migrate an object to the reader's instance, record the copy.
+
+In a Vineyard cluster (one vineyardd per cache node, metadata shared in etcd), a persisted
+object's metadata and name are visible on every instance, but its payload stays on the instance
+that holds it (shared notes vineyard.md section 7). ``Client.migrate(id)`` makes the reader's
+vineyardd pull the payload over RPC from the holder and store it locally under a new id;
+nothing upstream tracks that copy (the Airflow-2 provider leaks it, section 9). Here each copy is
+persisted and named (:func:`~fluid_airflow.vineyard.naming.copy_object_name`), so the next reader
+on that instance reuses it zero-copy, and releasing the run, purging the XCom or ``gc`` frees it
+with its original.
+
+Every read is counted as one handoff kind: ``local`` (zero-copy, the reader's instance holds
+the object), ``local_copy`` (zero-copy from an earlier migrated copy), ``migrated`` (copied over
+RPC now) or ``failed``. The counts are logged, kept in :data:`handoffs` (per process) and sent to
+Airflow's metrics as ``fluid_airflow.handoff.<kind>`` (statsd/OpenTelemetry when enabled).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+from fluid_airflow.vineyard.naming import copies_pattern, copy_object_name
+from fluid_airflow.vineyard.reference import VineyardReference
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 1_000_000  # list_names returns 5 names unless told (vineyard.md section 4)
+handoffs: Counter[str] = Counter()  # reads by kind in this process
+
+
+def held_bytes(meta: Any) -> int:
+    """Shared-memory bytes of the object ``meta`` describes, asked from any instance.
+
+    ``ObjectMeta.memory_usage`` counts only blobs the asking instance holds (0 for another
+    instance's object, measured with vineyard 0.24.2); ``nbytes`` is then the best figure.
+    """
+    if meta.islocal:
+        return int(meta.memory_usage)
+    return int(meta.nbytes or 0)
+
+
+def count(kind: str, ref: VineyardReference, detail: str = "") -> None:
+    """Record one handoff of ``kind`` (local, local_copy, migrated, failed) for ``ref``."""
+    handoffs[kind] += 1
+    log.info("XCom %r (%s, %d bytes): %s read%s", ref.key, ref.name, ref.bytes, kind, detail)
+    try:
+        from airflow.sdk.observability.stats import Stats
+
+        Stats.incr(f"fluid_airflow.handoff.{kind}")
+    except Exception:  # metrics are best effort; the read itself must not fail on them
+        log.debug("Airflow metrics unavailable", exc_info=True)
+
+
+def same_cluster(client: Any, ref: VineyardReference) -> bool:
+    """True when the vineyardd that stored ``ref`` is a member of ``client``'s cluster (shared etcd).
+
+    The cluster's instance table (``client.meta``) then lists an instance with the IPC socket the
+    reference recorded. (Compact references in containers carry no instance id; the holder is
+    read from the object's metadata when it is fetched.)
+    """
+    try:
+        return any(entry.get("ipc_socket") == ref.socket for entry in client.meta.values())
+    except Exception:
+        return False
+
+
+def local_object(client: Any, ref: VineyardReference, holder: int) -> Any:
+    """The id of a copy of ``ref``'s object on ``client``'s own instance, migrating it if needed.
+
+    :param holder: the instance id that holds the original (from its metadata).
+    :returns: a ``vineyard.ObjectID`` readable zero-copy through ``client``.
+    :raises Exception: vineyard's own error when the migration fails (the caller names it).
+    """
+    import vineyard
+
+    own = int(client.instance_id)
+    for object_id in client.list_names(
+        copies_pattern(ref.name, ref.object_id, own), limit=LIST_LIMIT
+    ).values():
+        try:
+            if int(client.get_meta(object_id).instance_id) == own:
+                count("local_copy", ref, f" from copy {object_id!r} on instance {own}")
+                return object_id
+        except vineyard.ObjectNotExistsException:
+            continue  # a copy deleted meanwhile; its name goes with the run
+    started = time.monotonic()
+    copy = client.migrate(vineyard.ObjectID(ref.object_id))
+    try:
+        client.persist(copy)  # so other instances (release, gc) see and can delete it
+        client.put_name(copy, copy_object_name(ref.name, ref.object_id, own, secrets.token_hex(4)))
+    except BaseException:
+        client.delete(copy)
+        raise
+    seconds = time.monotonic() - started
+    count("migrated", ref, f" from instance {holder} to {own} in {seconds:.3f} s")
+    return copy
+
+
+def release_copies(client: Any, ref: VineyardReference) -> int:
+    """Delete every recorded copy of ``ref``'s object, on any instance; returns how many."""
+    import vineyard
+
+    deleted = 0
+    for name, object_id in client.list_names(
+        copies_pattern(ref.name, ref.object_id), limit=LIST_LIMIT
+    ).items():
+        client.drop_name(name)
+        try:
+            client.delete(object_id)
+            deleted += 1
+        except vineyard.ObjectNotExistsException:
+            pass
+    return deleted
