@@ -49,9 +49,10 @@ def get_provider_info() -> dict[str, Any]:
         "plugins": [
             {
                 "name": "fluid_airflow",
-                "plugin-class": "fluid_airflow.plugins.release_listener.FluidAirflowPlugin",
+                "plugin-class": "fluid_airflow.plugins.plugin.FluidAirflowPlugin",
             }
         ],
+        "extra-links": ["fluid_airflow.links.VineyardHandoffsLink"],
         "task-decorators": [{"name": "fluid", "class-name": "fluid_airflow.decorators.fluid.fluid_task"}],
         "connection-types": [
             {

@@ -131,6 +131,15 @@ class KubernetesFluidClient:
             GROUP, VERSION, namespace, plural, name,
         )  # fmt: skip
 
+    def list(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of ``plural`` in ``namespace``."""
+        api = self.kube_hook.custom_object_client
+        found = self._call(
+            "list", f"{plural}.{GROUP}", namespace, "", api.list_namespaced_custom_object,
+            GROUP, VERSION, namespace, plural,
+        )  # fmt: skip
+        return list((found or {}).get("items", []))
+
     def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object; 409 raises :class:`FluidConflictError`."""
         meta = body["metadata"]

@@ -114,6 +114,17 @@ class LocalFluidClient:
             }
         return obj
 
+    def list(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """Every recorded object of ``plural`` in ``namespace``, with its current status."""
+        found = []
+        for path in sorted(self.root.glob(f"ds-*/{plural}.json")):
+            meta = json.loads(path.read_text()).get("metadata", {})
+            if meta.get("namespace") == namespace:
+                obj = self.get(plural, namespace, meta["name"])
+                if obj is not None:
+                    found.append(obj)
+        return found
+
     def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         """Record the object; a VineyardRuntime also starts its local vineyardd.
 

@@ -124,6 +124,25 @@ class FluidHook(BaseHook):
         return existing, False
 
     # -- readiness ------------------------------------------------------------------------------
+    def phases(self, namespace: str | None = None) -> list[dict[str, str]]:
+        """Datasets and VineyardRuntimes of the namespace with their phases, for the UI page.
+
+        Each entry: ``kind``, ``name``, ``namespace`` and ``phase`` (a Dataset's ``status.phase``;
+        a VineyardRuntime's ``master/worker`` phases).
+        """
+        ns = self.namespace(namespace)
+        out = []
+        for obj in self.client.list(manifests.DATASET_PLURAL, ns):
+            phase = str((obj.get("status") or {}).get("phase", ""))
+            out.append({"kind": "Dataset", "name": obj["metadata"]["name"], "namespace": ns, "phase": phase})
+        for obj in self.client.list(manifests.RUNTIME_PLURAL, ns):
+            st = obj.get("status") or {}
+            phase = f"master {st.get('masterPhase', '')}, workers {st.get('workerPhase', '')}"
+            out.append(
+                {"kind": "VineyardRuntime", "name": obj["metadata"]["name"], "namespace": ns, "phase": phase}
+            )
+        return out
+
     def readiness(self, namespace: str, name: str) -> status.Readiness:
         """Current :class:`~fluid_airflow.fluid.status.Readiness` of Dataset + VineyardRuntime."""
         dataset = self.client.get(manifests.DATASET_PLURAL, namespace, name)

@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests, pods
 from fluid_airflow.hooks.fluid import FluidHook
+from fluid_airflow.links import VineyardHandoffsLink
 
 
 class FluidPodOperator(KubernetesPodOperator):
@@ -42,6 +43,7 @@ class FluidPodOperator(KubernetesPodOperator):
         the local backend, or a missing container or mount-path clash.
     """
 
+    operator_extra_links = (*KubernetesPodOperator.operator_extra_links, VineyardHandoffsLink())
     template_fields: Sequence[str] = (
         *KubernetesPodOperator.template_fields,
         "dataset_name",

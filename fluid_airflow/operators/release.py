@@ -7,6 +7,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from fluid_airflow.links import VineyardHandoffsLink
+
 
 class FluidReleaseRunOperator(BaseOperator):
     """Delete every Vineyard object the XCom backend stored for a DAG run, and their names.
@@ -24,6 +26,7 @@ class FluidReleaseRunOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("dag_id_to_release", "run_id")
     ui_color = "#ffe7c6"
+    operator_extra_links = (VineyardHandoffsLink(),)
 
     def __init__(
         self,

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 from airflow.listeners import hookimpl
-from airflow.plugins_manager import AirflowPlugin
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +58,3 @@ class ReleaseListener:
     @hookimpl
     def on_dag_run_failed(self, dag_run: Any, msg: str) -> None:
         _release(dag_run)
-
-
-class FluidAirflowPlugin(AirflowPlugin):
-    """Registers :class:`ReleaseListener`."""
-
-    name = "fluid_airflow"
-    listeners = [ReleaseListener()]

@@ -93,6 +93,7 @@ def _put(
             dtype=encoded.dtype,
             columns=encoded.columns,
             extra=encoded.extra,
+            expires=_expiry(),
             **scope,
         )
         if meta.typename == "vineyard::PickleBuffer":
@@ -119,6 +120,14 @@ def _put(
         _delete_quietly(client, previous)  # the retried/cleared task's earlier object
     log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
     return ref
+
+
+def _expiry() -> str:
+    """When this push's objects are released, in words, from ``[fluid] keep_for``."""
+    keep_for = config.get_int("keep_for")
+    if keep_for == 0:
+        return "at run end"
+    return f"{keep_for} s after run end" if keep_for > 0 else "never (release task or gc)"
 
 
 def _roll_back(client: Any, object_id: Any) -> None:

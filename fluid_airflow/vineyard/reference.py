@@ -20,7 +20,18 @@ MARKER = "__vineyard_ref__"
 VERSION = 1
 MAX_COLUMNS = 16
 MAX_LABEL = 48
-_DERIVED = {"dag_id", "run_id", "task_id", "map_index", "key", "host", "created", "columns", "instance_id"}
+_DERIVED = {
+    "dag_id",
+    "run_id",
+    "task_id",
+    "map_index",
+    "key",
+    "host",
+    "created",
+    "columns",
+    "instance_id",
+    "expires",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,12 @@ class VineyardReference:
     :param socket: IPC socket of the vineyardd that holds the object, when stored over IPC (a
         Dataset's vineyardd for ``@task.fluid`` results, the configured one otherwise).
     :param extra: encoding details needed to rebuild the value exactly (small).
+    :param expires: when the object is released, from ``[fluid] keep_for`` at push time: ``at run
+        end``, ``<n> s after run end`` or ``never (release task or gc)``.
+
+    The stored JSON starts with a ``summary`` line (:meth:`describe`) so that Airflow's XCom view,
+    which shows the stored JSON as is, reads e.g. ``pandas.DataFrame 327346 x 19, 50.68 MiB in
+    Vineyard on vm (instance 0), released at run end``.
     """
 
     object_id: str
@@ -62,6 +79,19 @@ class VineyardReference:
     dtype: str | None = None
     columns: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    expires: str = ""
+
+    def describe(self) -> str:
+        """One line for people: type, shape, bytes, where, and when it is released."""
+        from fluid_airflow.vineyard.resources import format_bytes
+
+        shape = " x ".join(str(n) for n in self.shape) if self.shape else ""
+        where = f" on {self.host}" if self.host else ""
+        released = f", released {self.expires}" if self.expires else ""
+        return (
+            f"{self.type}{' ' + shape if shape else ''}, {format_bytes(self.bytes)} in Vineyard{where} "
+            f"(instance {self.instance_id}){released}"
+        )
 
     def to_json(self, compact: bool = False) -> dict[str, Any]:
         """Return the JSON-able dict stored in Airflow's DB (None fields are left out).
@@ -70,6 +100,8 @@ class VineyardReference:
         and the descriptive fields, for references nested in a container (:mod:`.tree`).
         """
         data: dict[str, Any] = {MARKER: VERSION}
+        if not compact:
+            data["summary"] = self.describe()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None or (f.name == "extra" and not value) or (compact and f.name in _DERIVED):

@@ -1,0 +1,234 @@
+"""What the XCom backend holds in Vineyard, per DAG run: for the Airflow UI page and its API.
+
+Joins two sources and never loads a payload: the backend's names in vineyardd (``list_names`` and
+``get_meta``, cluster-wide with etcd metadata) and the references in Airflow's XCom rows. Each
+object gets a state:
+
+- ``live``: its name and object exist;
+- ``lost``: an XCom row refers to it but vineyardd no longer has it although the run's retention
+  has not passed (a vineyardd restart, a manual delete), or its name is left dangling;
+- ``released``: gone, and the run is finished and past ``[fluid] keep_for`` (released at run
+  end, by the release action or by ``gc``, as the policy says; Vineyard keeps no record of
+  why an object went, so this is the policy's reading);
+- ``orphan``: in vineyardd under the backend's prefix, but no XCom row refers to it (what
+  ``fluid-airflow gc`` reclaims once the run is finished).
+
+Ages are seconds since the reference's ``created`` time (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from fluid_airflow import config
+from fluid_airflow.vineyard.gc import FINISHED, referenced_ids
+from fluid_airflow.vineyard.migration import held_bytes
+from fluid_airflow.vineyard.naming import names_pattern, split_copy_name, split_xcom_object_name
+from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.release import LIST_LIMIT
+from fluid_airflow.vineyard.tree import is_tree, tree_refs
+
+RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more
+
+
+@dataclass
+class HeldObject:
+    """One object (or migrated copy) of a run; ``bytes`` of shared memory, ``age`` in seconds."""
+
+    name: str
+    object_id: str
+    task_id: str
+    map_index: int
+    key: str
+    type: str = ""
+    shape: list[int] | None = None
+    bytes: int = 0
+    host: str = ""
+    instance_id: int | None = None
+    age: float | None = None
+    state: str = "live"
+    copy_of: str = ""
+
+
+@dataclass
+class RunHoldings:
+    """A DAG run's objects; ``bytes`` counts the live ones."""
+
+    dag_id: str
+    run_id: str
+    run_state: str = "unknown"
+    objects: list[HeldObject] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.bytes for o in self.objects if o.state in ("live", "orphan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bytes": self.bytes}
+
+
+def _age(created: str, now: datetime) -> float | None:
+    try:
+        return round((now - datetime.fromisoformat(created)).total_seconds(), 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _meta_age(meta: Any, now: datetime) -> float | None:
+    """Age from Vineyard's own creation time (``__timestamp``, milliseconds since the epoch)."""
+    try:
+        return round(now.timestamp() - int(meta["__timestamp"]) / 1000, 1)
+    except Exception:  # not every object type carries it
+        return None
+
+
+def _rows(
+    dag_ids: set[str] | None,
+) -> tuple[dict[tuple[str, str], tuple[str, Any]], list[tuple[str, str, Any]]]:
+    """``(state, end_date)`` per run and ``(dag_id, run_id, value)`` of XCom rows holding references,
+    recent runs first."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.end_date).order_by(DagRun.id.desc())
+        if dag_ids is not None:
+            query = query.where(DagRun.dag_id.in_(dag_ids))
+        runs = {(d, r): (str(s), e) for d, r, s, e in session.execute(query.limit(10 * RECENT_RUNS))}
+        rows = session.execute(
+            select(XComModel.dag_id, XComModel.run_id, XComModel.value).where(
+                XComModel.dag_id.in_({d for d, _ in runs}), XComModel.run_id.in_({r for _, r in runs})
+            )
+        ).all()
+    return runs, [(d, r, v) for d, r, v in rows if referenced_ids(v) and (d, r) in runs]
+
+
+def _refs(value: Any) -> list[VineyardReference]:
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value)
+    if is_reference(value):
+        return [VineyardReference.from_json(value)]
+    if is_tree(value):
+        return [VineyardReference.from_json(r) for r in tree_refs(value)]
+    return []
+
+
+def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
+    """The backend's objects per DAG run, most recent runs first.
+
+    :param dag_ids: only these DAGs (the DAGs the user may read); None: all.
+    """
+    import vineyard
+
+    now = datetime.now(timezone.utc)
+    prefix = config.get("name_prefix")
+    runs_state, rows = _rows(dag_ids)
+    holdings: dict[tuple[str, str], RunHoldings] = {}
+
+    def run(dag_id: str, run_id: str) -> RunHoldings:
+        key = (dag_id, run_id)
+        if key not in holdings:
+            holdings[key] = RunHoldings(dag_id, run_id, runs_state.get(key, ("deleted", None))[0])
+        return holdings[key]
+
+    referenced: dict[str, VineyardReference] = {}
+    for dag_id, run_id, value in rows:
+        for ref in _refs(value):
+            referenced[ref.object_id] = ref
+            run(dag_id, run_id)
+    seen: set[str] = set()
+    for name, object_id in sorted(client.list_names(names_pattern(prefix=prefix), limit=LIST_LIMIT).items()):
+        copy = split_copy_name(name)
+        try:
+            parts = split_xcom_object_name(copy[0] if copy else name)
+        except ValueError:
+            continue
+        if dag_ids is not None and parts["dag_id"] not in dag_ids:
+            continue
+        try:
+            meta = client.get_meta(object_id)
+        except vineyard.ObjectNotExistsException:
+            continue  # a dangling name: shown through its XCom row, if any
+        original = referenced.get(copy[1] if copy else repr(object_id))
+        held = HeldObject(
+            name=name,
+            object_id=repr(object_id),
+            task_id=str(parts["task_id"]),
+            map_index=int(parts["map_index"]),
+            key=str(parts["key"]),
+            type=original.type if original else str(meta.typename),
+            shape=original.shape if original else None,
+            bytes=held_bytes(meta),
+            instance_id=int(meta.instance_id),
+            host=str(client.meta.get(int(meta.instance_id), {}).get("hostname", "")),
+            age=_age(original.created, now) if original and original.created else _meta_age(meta, now),
+            state="live" if original else "orphan",
+            copy_of=copy[1] if copy else "",
+        )
+        if not copy:
+            seen.add(repr(object_id))
+        run(str(parts["dag_id"]), str(parts["run_id"])).objects.append(held)
+    keep_for = config.get_int("keep_for")
+    for (dag_id, run_id), holding in holdings.items():
+        end = runs_state.get((dag_id, run_id), ("", None))[1]
+        expired = (
+            holding.run_state in FINISHED
+            and keep_for >= 0
+            and end is not None
+            and (now - end).total_seconds() >= keep_for
+        )
+        for d, r, value in rows:
+            if (d, r) != (dag_id, run_id):
+                continue
+            for ref in _refs(value):
+                if ref.object_id in seen:
+                    continue
+                holding.objects.append(
+                    HeldObject(
+                        name=ref.name, object_id=ref.object_id, task_id=ref.task_id, map_index=ref.map_index,
+                        key=ref.key, type=ref.type, shape=ref.shape, bytes=ref.bytes, host=ref.host,
+                        instance_id=ref.instance_id, age=_age(ref.created, now),
+                        state="released" if expired else "lost",
+                    )
+                )  # fmt: skip
+    order = {key: i for i, key in enumerate(runs_state)}
+    return sorted(holdings.values(), key=lambda h: order.get((h.dag_id, h.run_id), -1))
+
+
+def instances(client: Any) -> list[dict[str, Any]]:
+    """Each vineyardd of the client's cluster: id, host, RPC endpoint, and used/limit bytes when
+    it can be asked (the connected one, and others whose IPC socket is on this host)."""
+    from pathlib import Path
+
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
+    out = []
+    for instance_id, entry in sorted(client.meta.items()):
+        row: dict[str, Any] = {
+            "instance_id": int(instance_id),
+            "host": str(entry.get("hostname", "")),
+            "ipc_socket": str(entry.get("ipc_socket", "")),
+            "rpc_endpoint": str(entry.get("rpc_endpoint", "")),
+            "memory_usage": None,
+            "memory_limit": None,
+        }
+        try:
+            other = client
+            if int(instance_id) != int(client.instance_id):
+                if not Path(row["ipc_socket"]).exists():
+                    out.append(row)
+                    continue
+                other = VineyardHook(ipc_socket=row["ipc_socket"]).get_conn()
+            if int(other.instance_id) == int(instance_id):
+                status = other.status
+                row.update(memory_usage=int(status.memory_usage), memory_limit=int(status.memory_limit))
+        except Exception:  # a stale record of a restarted instance: no numbers
+            pass
+        out.append(row)
+    return out
