@@ -6,6 +6,8 @@ against the vendored Fluid CRD schemas; Fluid's controllers are simulated (tests
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import task_states, xcom_rows
 from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
@@ -216,3 +218,21 @@ def test_deferrable_dag_through_the_trigger(fluid_conn, run_dag):
     assert got[("use", "return_value")] == "default/flights at /var/run/vineyard"
     assert got[("cleanup", "return_value")] == {"pods": [], "dataset": True, "runtime": False}
     assert fluid_conn.stored("datasets") == [] and fluid_conn.stored("vineyardruntimes") == []
+
+
+def test_phases_list_datasets_and_runtimes_for_the_ui_page(fluid_conn, monkeypatch):
+    """What the handoffs page shows when the fluid connection points at Kubernetes."""
+    from fluid_airflow.ui.api import _fluid_phases
+
+    create_op().execute({})
+    bind_op().execute({})  # the double binds and readies the runtime
+    monkeypatch.setenv("AIRFLOW_CONN_FLUID_DEFAULT", os.environ[f"AIRFLOW_CONN_{CONN.upper()}"])
+    shown = _fluid_phases()
+    assert shown["backend"] == "kubernetes"
+    assert {(r["kind"], r["name"], r["namespace"]) for r in shown["resources"]} == {
+        ("Dataset", "flights", "default"),
+        ("VineyardRuntime", "flights", "default"),
+    }
+    phases = {r["kind"]: r["phase"] for r in shown["resources"]}
+    assert phases["Dataset"] == "Bound" and phases["VineyardRuntime"] == "master Ready, workers Ready"
+    assert any(r.method == "GET" and r.path.endswith("/vineyardruntimes") for r in fluid_conn.requests)
