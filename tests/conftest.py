@@ -159,12 +159,17 @@ def runtime():
         LocalVineyardd(path).stop(timeout=5)
         if pid:
             gone(pid)
-        leaked = processes_naming(str(path))
-        for proc in leaked:
-            proc.kill()
-            gone(proc.pid)
-        shutil.rmtree(path, ignore_errors=True)
-        assert not leaked, f"processes left running: {[p.pid for p in leaked]}"
+        remove_and_check_nothing_runs(path)
+
+
+def remove_and_check_nothing_runs(path: Path) -> None:
+    """Kill any process still naming ``path``, remove the folder, then fail if one was found."""
+    leaked = processes_naming(str(path))
+    for proc in leaked:
+        proc.kill()
+        gone(proc.pid)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leaked, f"processes left running in {path}: {[p.pid for p in leaked]}"
 
 
 def pytest_sessionfinish(session, exitstatus):

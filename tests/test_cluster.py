@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import gone, processes_naming
+from conftest import processes_naming, remove_and_check_nothing_runs
 
 from fluid_airflow.exceptions import VineyardObjectLostError, VineyardTimeoutError
 from fluid_airflow.hooks.vineyard import VineyardHook
@@ -43,12 +43,7 @@ def cluster(monkeypatch):
         yield cluster
     finally:
         cluster.stop(timeout=5)
-        leaked = processes_naming(str(path))
-        for proc in leaked:
-            proc.kill()
-            gone(proc.pid)
-        shutil.rmtree(path, ignore_errors=True)
-        assert not leaked, f"processes left running: {[p.pid for p in leaked]}"
+        remove_and_check_nothing_runs(path)
 
 
 def on(monkeypatch, cluster, index: int):

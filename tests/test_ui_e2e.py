@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BACKEND, BIN, REPO, gone, processes_naming
+from conftest import BACKEND, BIN, REPO, remove_and_check_nothing_runs
 
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
 from fluid_airflow.vineyard.daemon import LocalVineyardd
@@ -126,12 +126,7 @@ def airflow(runtime):
         for log in logs:
             log.close()
         close_clients(str(daemon.socket_path))
-        leaked = processes_naming(str(home))
-        for proc in leaked:
-            proc.kill()
-            gone(proc.pid)
-        shutil.rmtree(home, ignore_errors=True)
-        assert not leaked, f"Airflow processes left running: {[p.pid for p in leaked]}"
+        remove_and_check_nothing_runs(home)
 
 
 def with_group(pid: int, sig: int) -> None:
