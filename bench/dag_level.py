@@ -5,10 +5,10 @@ Each run is ``airflow dags test <dag> -c '{"scale": N}'`` (every task in one pro
 Per-task wall times come from Airflow's DB (``task_instance.start_date`` / ``end_date``); the
 total is the DagRun's duration and the wall time of the whole command (incl. ~5 s start-up).
 
-The DAG run is ``flights_delay_regression_frames`` (``bench/dags/flights_frames.py``): the tasks
-of ``dags/flights_delay_regression.py`` with DataFrame-only hand-offs, because that DAG hands over
-an Arrow Table and ndarrays, which the object-storage backend cannot carry (the API level shows
-the ``TypeError``).
+Both backends run ``flights_delay_regression_frames`` (``bench/dags/flights_frames.py``): the
+tasks of ``dags/flights_delay_regression.py`` with DataFrame-only hand-offs, because that DAG
+hands over an Arrow Table and ndarrays, which the object-storage backend cannot carry (the API
+level shows the ``TypeError``). Ours also runs the DAG as written.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 GiB = 1 << 30
 FRAMES = "flights_delay_regression_frames"
+ORIGINAL = "flights_delay_regression"
 BACKENDS = {
     "vineyard": "fluid_airflow.vineyard.xcom.VineyardXComBackend",
     "objectstore-disk": "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend",
@@ -150,19 +151,21 @@ class DagBench:
         (self.dags / "flights_frames.py").symlink_to(REPO / "bench" / "dags" / "flights_frames.py")
         template = self.ws.disk / "home-template"
         self._airflow(["db", "migrate"], template, "vineyard", self.logs / "db-migrate.log", check=True)
-        for backend in BACKENDS:  # the DB only: airflow.cfg names the template's paths
-            self._home(backend).mkdir()
-            shutil.copy2(template / "airflow.db", self._home(backend) / "airflow.db")
+        homes = [(FRAMES, b) for b in BACKENDS] + [(ORIGINAL, "vineyard")]
+        for dag_id, backend in homes:  # the DB only: airflow.cfg names the template's paths
+            self._home(dag_id, backend).mkdir()
+            shutil.copy2(template / "airflow.db", self._home(dag_id, backend) / "airflow.db")
 
-    def _home(self, backend: str) -> Path:
-        return self.ws.disk / f"home-{backend}"
+    def _home(self, dag_id: str, backend: str) -> Path:
+        return self.ws.disk / f"home-{dag_id}-{backend}"
 
-    def _env(self, home: Path, backend: str) -> dict[str, str]:
+    def _env(self, home: Path, backend: str, dag_id: str) -> dict[str, str]:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+            # The original DAG's own folder holds just its file; the frames DAG imports it from there.
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.lib if dag_id == ORIGINAL else self.dags),
             "AIRFLOW__CORE__XCOM_BACKEND": BACKENDS[backend],
             "AIRFLOW__FLUID__KEEP_FOR": "0",  # release a run's objects when it ends (the default)
             # Same inline limit as ours: small JSON stays in the DB row with either backend.
@@ -180,7 +183,7 @@ class DagBench:
         return _folder_bytes(self.store)
 
     def _airflow(
-        self, args: list[str], home: Path, backend: str, log: Path, check: bool = False
+        self, args: list[str], home: Path, backend: str, log: Path, dag_id: str = FRAMES, check: bool = False
     ) -> tuple[int, float, int, int]:
         """Run the ``airflow`` CLI.
 
@@ -192,21 +195,26 @@ class DagBench:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [str(BIN / "airflow"), *args],
-                env=self._env(home, backend),
+                env=self._env(home, backend, dag_id),
                 cwd=self.ws.disk,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
             watched, ticks = psutil.Process(proc.pid), 0
-            while proc.poll() is None:
-                private = max(private, _tree_anon(watched))
-                if ticks % 3 == 0 and args[0] == "dags":
-                    held = max(held, self._held(backend))
-                if time.monotonic() - start > TIMEOUT:
+            try:
+                while proc.poll() is None:
+                    private = max(private, _tree_anon(watched))
+                    if ticks % 3 == 0 and args[0] == "dags":
+                        held = max(held, self._held(backend))
+                    if time.monotonic() - start > TIMEOUT:
+                        proc.kill()
+                    time.sleep(0.2)
+                    ticks += 1
+            finally:  # also on Ctrl-C: never leave an airflow process running
+                if proc.poll() is None:
                     proc.kill()
-                time.sleep(0.2)
-                ticks += 1
+                    proc.wait()
         if check and proc.returncode:
             raise RuntimeError(f"airflow {' '.join(args)} failed (exit {proc.returncode}); see {log}")
         return proc.returncode, time.monotonic() - start, private, held
@@ -226,9 +234,9 @@ class DagBench:
         try:
             conf = json.dumps({"scale": scale})
             _, run.wall_s, run.peak_private, run.peak_held = self._airflow(
-                ["dags", "test", dag_id, "-c", conf], self._home(backend), backend, log
+                ["dags", "test", dag_id, "-c", conf], self._home(dag_id, backend), backend, log, dag_id
             )
-            read_run(self._home(backend), dag_id, run)
+            read_run(self._home(dag_id, backend), dag_id, run)
             run.left_behind = self._held(backend)
         finally:
             if backend == "vineyard":
@@ -252,7 +260,7 @@ def run_dag_level(ws: Any, scales: tuple[int, ...], vineyardd: Any) -> list[DagR
     bench = DagBench(ws, vineyardd)
     bench.prepare()
     runs = []
-    plan = [(FRAMES, b, s) for s in scales for b in BACKENDS]
+    plan = [(FRAMES, b, s) for s in scales for b in BACKENDS] + [(ORIGINAL, "vineyard", s) for s in scales]
     for dag_id, backend, scale in plan:
         run = bench.run_one(dag_id, backend, scale)
         runs.append(run)
@@ -269,31 +277,27 @@ def dag_tables(runs: list[DagRun]) -> list[str]:
     if not runs:
         return []
     out = ["## DAG level: the flights DAG", "", *DAG_METHOD, ""]
-    for dag_id in (FRAMES,):
-        group = [r for r in runs if r.dag_id == dag_id]
-        if not group:
-            continue
-        out += [f"### `{dag_id}`", ""]
-        heads = [f"{r.backend} x{r.scale}" for r in group]
-        out += ["| task | " + " | ".join(heads) + " |", "|---|" + "---|" * len(group)]
-        for task in TASKS:
-            cells = [_cell(r, task) for r in group]
-            out.append(f"| {task} | " + " | ".join(cells) + " |")
-        out.append("| **sum of tasks** | " + " | ".join(_sum(r) for r in group) + " |")
-        out.append("| **DagRun duration** | " + " | ".join(_num(r.run_s) for r in group) + " |")
-        out.append("| `airflow dags test` wall | " + " | ".join(_num(r.wall_s) for r in group) + " |")
-        out.append("| peak private memory (GiB) | " + " | ".join(_gib(r.peak_private) for r in group) + " |")
-        out.append("| peak held between tasks (GiB) | " + " | ".join(_gib(r.peak_held) for r in group) + " |")
-        out.append(
-            "| left behind after the run (GiB) | " + " | ".join(_gib(r.left_behind) for r in group) + " |"
-        )
-        out.append("| state | " + " | ".join(r.state for r in group) + " |")
-        out.append("")
-        for r in group:
-            if r.note:
-                out.append(f"- {r.backend} x{r.scale}: {r.note}")
-        out.append("")
-    return out
+    order = {FRAMES: 1, ORIGINAL: 0}
+    group = sorted(runs, key=lambda r: (r.scale, r.backend != "vineyard", order[r.dag_id]))
+    heads = [
+        f"{r.backend}, {'as written' if r.dag_id == ORIGINAL else 'DataFrames'}, x{r.scale}" for r in group
+    ]
+    out += ["| task (s) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(group)]
+    for task in TASKS:
+        out.append(f"| {task} | " + " | ".join(_cell(r, task) for r in group) + " |")
+    rows = [
+        ("**sum of tasks**", [_sum(r) for r in group]),
+        ("**DagRun duration**", [_num(r.run_s) for r in group]),
+        ("`airflow dags test` wall", [_num(r.wall_s) for r in group]),
+        ("peak private memory (GiB)", [_gib(r.peak_private) for r in group]),
+        ("peak held between tasks (GiB)", [_gib(r.peak_held) for r in group]),
+        ("left behind after the run (GiB)", [_gib(r.left_behind) for r in group]),
+        ("state", [r.state for r in group]),
+    ]
+    out += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    out.append("")
+    out += [f"- {r.dag_id}, {r.backend}, x{r.scale}: {r.note}" for r in group if r.note]
+    return [*out, ""]
 
 
 def _cell(run: DagRun, task: str) -> str:
@@ -315,12 +319,15 @@ def _gib(n: int | None) -> str:
 
 
 DAG_METHOD = [
+    "`DataFrames` is `bench/dags/flights_frames.py`: the same task functions as "
+    "`dags/flights_delay_regression.py` (*as written*), but every hand-off a DataFrame, since "
+    "the object-storage backend cannot carry the Arrow table and ndarrays the original hands over. "
     "Seconds per task (from Airflow's DB) of one `airflow dags test` run each; every task runs in "
-    "the one CLI process, and the first task also pays ~4 s of Airflow starting its in-process "
-    "API. Object storage: `XComObjectStorageBackend` with `file://` on local disk and the same "
-    "16 KiB inline threshold as ours. *Peak private memory*: anonymous RSS of the `airflow dags "
-    "test` process (sampled every 0.2 s). *Held between tasks*: bytes in vineyardd or in the "
-    "object-storage folder (parquet inside JSON, so compressed). *Left behind*: what is still "
-    "held after the run: ours releases a run's objects when it ends; object-storage files are "
-    "only deleted when a task is retried or cleared.",
+    "the one CLI process, and whichever task runs first (load_flights or load_weather) also pays "
+    "~4 s of Airflow starting its in-process API. Object storage: `XComObjectStorageBackend` "
+    "with `file://` on local disk and the same 16 KiB inline threshold as ours. *Peak private "
+    "memory*: anonymous RSS of the `airflow dags test` process (sampled every 0.2 s). *Held "
+    "between tasks*: bytes in vineyardd or in the object-storage folder (parquet inside JSON, so "
+    "compressed). *Left behind*: what is still held after the run: ours releases a run's objects "
+    "when it ends; object-storage files are only deleted when a task is retried or cleared.",
 ]

@@ -25,6 +25,7 @@ import ctypes
 import gc
 import multiprocessing as mp
 import resource
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -58,6 +59,13 @@ def _anon_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return (int(fields[1]) - int(fields[2])) * PAGE
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``), so an
+    interrupted benchmark leaves no worker behind holding memory."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def release_freed_memory() -> None:
@@ -104,6 +112,7 @@ def _in_fork(fn: Callable[[], dict[str, Any]], sample: bool) -> dict[str, Any]:
     receiver, sender = ctx.Pipe(duplex=False)
 
     def child() -> None:
+        die_with_parent()
         try:
             result = fn()
         except BaseException as exc:
@@ -159,6 +168,7 @@ def _preimport() -> None:
 
 def serve(conn: Connection, role: str, peers: list[Peer], rows_path: str) -> None:
     """Worker main loop: answer commands from :class:`Worker` until ``exit``."""
+    die_with_parent()
     _preimport()
     by_name = {p.name: p for p in peers}
     rows = RowStore(Path(rows_path))
