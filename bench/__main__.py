@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -42,7 +44,12 @@ def settings_from_env() -> Settings:
     from fluid_airflow.vineyard.resources import parse_size
 
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    max_bytes = parse_size(os.environ.get("BENCH_MAX") or "4Gi")
+    try:
+        max_bytes = parse_size(os.environ.get("BENCH_MAX") or "4Gi")
+    except ValueError as exc:
+        raise SystemExit(
+            f"bench: BENCH_MAX={os.environ.get('BENCH_MAX')!r} is not a size like 256Mi or 4Gi"
+        ) from exc
     default_scales = "1" if quick else "1,10"
     scales_text = os.environ.get("BENCH_DAG_SCALES", default_scales)
     scales = tuple(int(s) for s in scales_text.replace(" ", "").split(",") if s)
@@ -85,21 +92,37 @@ def configure_environment(ws: Workspace) -> None:
     )
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise SystemExit(f"bench: interrupted by signal {signum}; cleaning up")
+
+
+def _cleanup(what: str, step: Any) -> None:
+    try:
+        step()
+    except Exception as exc:
+        print(f"bench: warning: {what} failed: {exc}", file=sys.stderr)
+
+
 def main() -> int:
     started = time.monotonic()
+    # SIGTERM (and SIGINT, also where a shell ignores it for background jobs) unwinds through
+    # the finally below, which stops what was started and removes the folders.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     ws = Workspace.create()
-    configure_environment(ws)
-    settings = settings_from_env()
-
-    from bench import report
-    from bench.api_level import ApiBench
-    from bench.measure import Worker
-    from bench.peers import make_peers
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
-
-    vineyardd = LocalVineyardd(ws.runtime)
-    workers: list[Worker] = []
+    workers: list[Any] = []
+    vineyardd = None
     try:
+        configure_environment(ws)
+        settings = settings_from_env()  # imports Airflow: after the environment is set
+
+        from bench import report
+        from bench.api_level import ApiBench
+        from bench.measure import Worker
+        from bench.peers import make_peers
+        from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+        vineyardd = LocalVineyardd(ws.runtime)
         peers = make_peers(ws.disk, ws.shm)
         rows = ws.disk / "xcom.db"
         producer, consumer = Worker("producer", peers, rows), Worker("consumer", peers, rows)
@@ -119,10 +142,11 @@ def main() -> int:
             dag_runs = run_dag_level(ws, settings.dag_scales, vineyardd)
         elapsed = time.monotonic() - started
         speedup = report.write(settings, peers, cases, dag_runs, elapsed)
-    finally:
+    finally:  # every step, even if an earlier one fails
         for worker in workers:
-            worker.close()
-        vineyardd.stop()
+            _cleanup(f"stopping the {worker.role} worker", worker.close)
+        if vineyardd is not None:
+            _cleanup("stopping vineyardd", vineyardd.stop)
         ws.remove()
     print(f"speedup_1GiB_df_vs_objectstorage={speedup}")
     return 0

@@ -27,7 +27,7 @@ from bench.peers import OURS, Peer
 
 MiB = 1 << 20
 GiB = 1 << 30
-RESERVE = 3 * GiB  # left free for the OS and whatever else runs on the machine
+RESERVE = 4 * GiB  # left free for the OS and whatever else runs on the machine
 CASE_BUDGET = 6.0  # seconds of measured runs per peer x kind x size
 SQLITE_MAX_LENGTH = 1_000_000_000  # longest string or blob SQLite stores (its default limit)
 
