@@ -152,6 +152,12 @@ def _rss_target(kind: str, ours: list[Case]) -> tuple[str, str, str]:
     return what, measured, f"missed ({worst / RSS_TARGET:.0f}x the limit at {size_label(worst_c.size)})"
 
 
+def _first_sentence(text: str) -> str:
+    """``text`` up to its first full stop (error messages can go on for a paragraph)."""
+    head, dot, _ = text.partition(". ")
+    return f"{head}{')' if dot and head.count('(') > head.count(')') else ''}"
+
+
 def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / MiB:.3g}"
 
@@ -179,7 +185,7 @@ def api_tables(cases: list[Case], peers: list[Peer]) -> list[str]:
                 if not c.runs:
                     reason = c.skipped or c.error or "no runs"
                     if reason.startswith("cannot carry"):
-                        notes[peer.name] = reason
+                        notes[peer.name] = _first_sentence(reason)
                         continue
                     if c.error:
                         notes.setdefault(peer.name, f"failed at {size_label(size)}: {c.error}")
