@@ -337,7 +337,8 @@ METHOD = [
     "total length of each string column); then the producer purges. Put, get and purge each run in "
     "a fresh process forked from a worker that has already imported the libraries, so every "
     "hand-off pays what a new Airflow task process pays (connecting, opening files, page faults). "
-    "Times are medians of `n` runs after one warm-up (slow cases: fewer runs, no warm-up). "
+    "Times are medians of `n` runs after one warm-up (slow cases: fewer runs, no warm-up; once "
+    "the run is past its 8-minute budget for this level, one run per case). "
     "*Consumer private MiB* is the consumer's own memory growth (peak anonymous RSS); "
     "*incl. shared pages* is its peak RSS growth, which also counts pages of vineyardd's memory "
     "or of a memory-mapped file the scan touched: those are not a copy (N consumers share one).",
