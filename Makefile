@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test`. Everything they need is installed here.
+# The README's commands: `make demo`, `make test` and `make bench`. Everything they need is installed here.
 SHELL := /bin/bash
 VENV ?= .venv
 # First interpreter in 3.10-3.12 that actually runs (pyenv shims may exist without a version).
@@ -7,6 +7,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
 	&& { echo $$p; break; }; done)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: venv demo test lint bench clean
 
@@ -19,16 +20,26 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $@
 
+# The `bench` extra (matplotlib, for the plot) on top of the dev install.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	@touch $@
+
 demo: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
+# Benchmarks (bench/): writes docs/bench.md and docs/bench.png; about 12 minutes on 2 cores.
+# BENCH_MAX=256Mi caps the sizes, BENCH_QUICK=1 is a one-minute smoke run (report in artifacts/).
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
 test: $(STAMP)
-	$(BIN)/ruff check fluid_airflow dags tests scripts
+	$(BIN)/ruff check fluid_airflow dags tests scripts bench
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check fluid_airflow dags tests scripts
-	$(BIN)/ruff format --check fluid_airflow dags tests scripts
+	$(BIN)/ruff check fluid_airflow dags tests scripts bench
+	$(BIN)/ruff format --check fluid_airflow dags tests scripts bench
 
 clean:
 	rm -rf $(VENV) .airflow .pytest_cache

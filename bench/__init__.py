@@ -1,0 +1,16 @@
+"""Benchmarks of fluid-airflow's Vineyard XCom backend against what users would pick instead.
+
+``make bench`` (``python -m bench``) runs, in one process tree and one run:
+
+1. the XCom-backend-level comparison (:mod:`bench.api_level`): every peer of
+   :mod:`bench.peers` hands every value of :mod:`bench.data` from a producer process to a
+   consumer process (:mod:`bench.measure`), sizes 1 MiB up to 4 GiB, capped by free memory;
+2. the DAG-level comparison (:mod:`bench.dag_level`): the flights DAG at scale x1 and x10 with
+   our backend and with common-io's object-storage backend;
+3. the report (:mod:`bench.report`): ``docs/bench.md``, ``docs/bench.png`` and a last stdout line
+   ``speedup_1GiB_df_vs_objectstorage=<ratio>``.
+
+Knobs (environment variables): ``BENCH_MAX`` (largest size, e.g. ``256Mi``; default ``4Gi``),
+``BENCH_QUICK=1`` (sizes 1 and 16 MiB, one run each, DAG at x1 only, report to ``artifacts/``),
+``BENCH_DAG_SCALES`` (default ``1,10``; empty: skip the DAG level), ``BENCH_OUT`` (report folder).
+"""

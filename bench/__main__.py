@@ -1,0 +1,156 @@
+"""``python -m bench`` (``make bench``): run both levels, write the report, print the final line.
+
+Everything the run creates lives in three temporary folders (a short one in /tmp for the
+vineyardd socket, one on local disk, one in /dev/shm), removed at the end, also on failure or
+Ctrl-C; every vineyardd and worker process started here is stopped by its own handle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+SIZES = [s * MiB for s in (1, 16, 256, 1024, 4096)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to run (from ``BENCH_*`` environment variables, see :mod:`bench`)."""
+
+    max_bytes: int
+    quick: bool
+    dag_scales: tuple[int, ...]
+    out_dir: Path
+
+    @property
+    def sizes(self) -> list[int]:
+        """Sizes of the API-level run, bytes."""
+        if self.quick:
+            return [s for s in (1 * MiB, 16 * MiB) if s <= self.max_bytes]
+        return [s for s in SIZES if s <= self.max_bytes]
+
+
+def settings_from_env() -> Settings:
+    """Read ``BENCH_MAX``, ``BENCH_QUICK``, ``BENCH_DAG_SCALES`` and ``BENCH_OUT``."""
+    from fluid_airflow.vineyard.resources import parse_size
+
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    try:
+        max_bytes = parse_size(os.environ.get("BENCH_MAX") or "4Gi")
+    except ValueError as exc:
+        raise SystemExit(
+            f"bench: BENCH_MAX={os.environ.get('BENCH_MAX')!r} is not a size like 256Mi or 4Gi"
+        ) from exc
+    default_scales = "1" if quick else "1,10"
+    scales_text = os.environ.get("BENCH_DAG_SCALES", default_scales)
+    scales = tuple(int(s) for s in scales_text.replace(" ", "").split(",") if s)
+    default_out = REPO / ("artifacts/bench-quick" if quick else "docs")
+    return Settings(max_bytes, quick, scales, Path(os.environ.get("BENCH_OUT") or default_out))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The run's temporary folders. ``runtime`` is short: a UNIX socket path must fit in 107 bytes."""
+
+    runtime: Path  # vineyardd socket, pid, log
+    disk: Path  # local disk: object storage, SQLite rows, Airflow homes
+    shm: Path  # /dev/shm: object storage, pickle and Arrow files
+
+    @classmethod
+    def create(cls) -> Workspace:
+        return cls(
+            Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp")),
+            Path(tempfile.mkdtemp(prefix="fluid-bench-", dir="/var/tmp")),
+            Path(tempfile.mkdtemp(prefix="fluid-bench-", dir="/dev/shm")),
+        )
+
+    def remove(self) -> None:
+        for path in (self.runtime, self.disk, self.shm):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def configure_environment(ws: Workspace) -> None:
+    """Airflow and fluid settings for this process and every worker (before Airflow is imported)."""
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(ws.disk / "airflow-home"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "AIRFLOW__FLUID__RUNTIME_DIR": str(ws.runtime),
+            "AIRFLOW__FLUID__VINEYARD_SOCKET": str(ws.runtime / "vineyard.sock"),
+            "VINEYARD_IPC_SKIP_RETRY": "1",
+        }
+    )
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise SystemExit(f"bench: interrupted by signal {signum}; cleaning up")
+
+
+def _cleanup(what: str, step: Any) -> None:
+    try:
+        step()
+    except Exception as exc:
+        print(f"bench: warning: {what} failed: {exc}", file=sys.stderr)
+
+
+def main() -> int:
+    started = time.monotonic()
+    # SIGTERM (and SIGINT, also where a shell ignores it for background jobs) unwinds through
+    # the finally below, which stops what was started and removes the folders.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+    ws = Workspace.create()
+    workers: list[Any] = []
+    vineyardd = None
+    try:
+        configure_environment(ws)
+        settings = settings_from_env()  # imports Airflow: after the environment is set
+
+        from bench import report
+        from bench.api_level import ApiBench
+        from bench.measure import Worker
+        from bench.peers import make_peers
+        from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+        vineyardd = LocalVineyardd(ws.runtime)
+        peers = make_peers(ws.disk, ws.shm)
+        rows = ws.disk / "xcom.db"
+        producer, consumer = Worker("producer", peers, rows), Worker("consumer", peers, rows)
+        workers += [producer, consumer]
+        sizes = settings.sizes
+        first, last = report.size_label(sizes[0]), report.size_label(sizes[-1])
+        print(f"bench: XCom backend level, sizes {first} to {last}")
+        cases = ApiBench(peers, sizes, producer, consumer, vineyardd, quick=settings.quick).run()
+        for worker in workers:
+            worker.close()
+        workers.clear()
+        dag_runs: list = []
+        if settings.dag_scales:
+            from bench.dag_level import run_dag_level
+
+            print(f"bench: DAG level, flights DAG at scale {', '.join(f'x{s}' for s in settings.dag_scales)}")
+            dag_runs = run_dag_level(ws, settings.dag_scales, vineyardd)
+        elapsed = time.monotonic() - started
+        speedup = report.write(settings, peers, cases, dag_runs, elapsed)
+    finally:  # every step, even if an earlier one fails
+        for worker in workers:
+            _cleanup(f"stopping the {worker.role} worker", worker.close)
+        if vineyardd is not None:
+            _cleanup("stopping vineyardd", vineyardd.stop)
+        ws.remove()
+    print(f"speedup_1GiB_df_vs_objectstorage={speedup}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
