@@ -140,8 +140,13 @@ def main() -> int:
 
             print(f"bench: DAG level, flights DAG at scale {', '.join(f'x{s}' for s in settings.dag_scales)}")
             dag_runs = run_dag_level(ws, settings.dag_scales, vineyardd)
+        from bench.cluster_level import run_cluster_level
+
+        cluster_size = min(16 * MiB if settings.quick else 256 * MiB, settings.max_bytes)
+        print(f"bench: cross-instance hand-off, 2-instance local cluster, {report.size_label(cluster_size)}")
+        cluster_reads = run_cluster_level(ws, cluster_size)
         elapsed = time.monotonic() - started
-        speedup = report.write(settings, peers, cases, dag_runs, elapsed)
+        speedup = report.write(settings, peers, cases, dag_runs, elapsed, cluster_reads)
     finally:  # every step, even if an earlier one fails
         for worker in workers:
             _cleanup(f"stopping the {worker.role} worker", worker.close)

@@ -276,8 +276,16 @@ def plot(cases: list[Case], peers: list[Peer], path: Path) -> None:
     plt.close(fig)
 
 
-def write(settings: Any, peers: list[Peer], cases: list[Case], dag_runs: list[Any], elapsed: float) -> str:
+def write(
+    settings: Any,
+    peers: list[Peer],
+    cases: list[Case],
+    dag_runs: list[Any],
+    elapsed: float,
+    cluster_reads: list[dict[str, Any]] | None = None,
+) -> str:
     """Write bench.md, bench.png and bench.json into ``settings.out_dir``; return the speedup text."""
+    from bench.cluster_level import cluster_table
     from bench.dag_level import dag_tables
 
     out = Path(settings.out_dir)
@@ -317,6 +325,7 @@ def write(settings: Any, peers: list[Peer], cases: list[Case], dag_runs: list[An
         *api_tables(cases, peers),
         *breakdown(cases, peers),
         *dag_tables(dag_runs),
+        *cluster_table(cluster_reads or []),
     ]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     plot(cases, peers, out / "bench.png")
@@ -324,6 +333,7 @@ def write(settings: Any, peers: list[Peer], cases: list[Case], dag_runs: list[An
         "machine": info,
         "cases": [c.to_dict() for c in cases],
         "dag_runs": [r.to_dict() for r in dag_runs],
+        "cluster_reads": cluster_reads or [],
     }
     (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
     print(f"bench: wrote {out / 'bench.md'}, {out / 'bench.png'}, {out / 'bench.json'}")

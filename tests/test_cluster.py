@@ -232,3 +232,25 @@ def test_cluster_command_starts_reports_and_stops_everything():
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert processes_naming(str(path)) == []
     shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_copy_released_alone_is_migrated_again_and_a_stale_one_is_read_over_rpc(cluster, monkeypatch):
+    """vineyard 0.24.2 remembers a migration after its copy is deleted through another instance
+    and hands back the dead id; releasing through the holder avoids it, reading over RPC survives it."""
+    a = on(monkeypatch, cluster, 0)
+    ref = push(np.arange(200_000.0), "produce")
+    b = on(monkeypatch, cluster, 1)
+    before = migration.handoffs.copy()
+    Backend.deserialize_value(_Row(ref))
+    from fluid_airflow.vineyard.reference import VineyardReference
+
+    assert migration.release_copies(a, VineyardReference.from_json(ref)) == 1  # deleted through B
+    assert Backend.deserialize_value(_Row(ref)).sum() == sum(range(200_000))
+    assert migration.handoffs["migrated"] == before["migrated"] + 2
+    (copy_name, copy_id) = next((n, o) for n, o in b.list_names("*", limit=100).items() if "#" in n)
+    a.drop_name(copy_name)
+    a.delete(copy_id)  # behind the holder's back: B now returns the dead id on migrate
+    assert Backend.deserialize_value(_Row(ref)).sum() == sum(range(200_000))
+    assert migration.handoffs["rpc"] == before["rpc"] + 1
+    release_run(a, DAG, RUN)
+    assert usage(cluster) == [0, 0, 0]

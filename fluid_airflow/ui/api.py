@@ -128,7 +128,7 @@ def build_app() -> FastAPI:
     def release_object(body: ObjectRelease, user: UserDep) -> Any:
         import vineyard
 
-        from fluid_airflow.vineyard.migration import held_bytes
+        from fluid_airflow.vineyard.migration import delete_on_holder, held_bytes
         from fluid_airflow.vineyard.naming import split_copy_name, split_xcom_object_name
 
         copy = split_copy_name(body.name)
@@ -149,7 +149,7 @@ def build_app() -> FastAPI:
         for name, oid in names.items():
             try:
                 freed += held_bytes(client.get_meta(oid))
-                client.delete(oid)
+                delete_on_holder(client, oid)
             except vineyard.ObjectNotExistsException:
                 pass
             client.drop_name(name)

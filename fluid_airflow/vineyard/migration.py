@@ -11,7 +11,8 @@ with its original.
 
 Every read is counted as one handoff kind: ``local`` (zero-copy, the reader's instance holds
 the object), ``local_copy`` (zero-copy from an earlier migrated copy), ``migrated`` (copied over
-RPC now) or ``failed``. The counts are logged, kept in :data:`handoffs` (per process) and sent to
+RPC now), ``rpc`` (read over RPC into private memory, when migration cannot be used) or
+``failed``. The counts are logged, kept in :data:`handoffs` (per process) and sent to
 Airflow's metrics as ``fluid_airflow.handoff.<kind>`` (statsd/OpenTelemetry when enabled).
 """
 
@@ -68,11 +69,15 @@ def same_cluster(client: Any, ref: VineyardReference) -> bool:
         return False
 
 
-def local_object(client: Any, ref: VineyardReference, holder: int) -> Any:
-    """The id of a copy of ``ref``'s object on ``client``'s own instance, migrating it if needed.
+def local_object(client: Any, ref: VineyardReference, holder: int) -> tuple[Any, Any]:
+    """Where to read ``ref``'s object from: a copy on ``client``'s own instance, migrated if needed.
 
     :param holder: the instance id that holds the original (from its metadata).
-    :returns: a ``vineyard.ObjectID`` readable zero-copy through ``client``.
+    :returns: ``(reader, object_id)``: normally ``client`` and the copy's id, read zero-copy.
+        When the reader's vineyardd hands back a copy that no longer exists (vineyard 0.24.2
+        remembers a migration even after the copy was deleted through another instance, and
+        keeps returning the dead id), an RPC client of the holder and the original's id: a
+        private copy, counted as ``rpc``.
     :raises Exception: vineyard's own error when the migration fails (the caller names it).
     """
     import vineyard
@@ -84,24 +89,63 @@ def local_object(client: Any, ref: VineyardReference, holder: int) -> Any:
         try:
             if int(client.get_meta(object_id).instance_id) == own:
                 count("local_copy", ref, f" from copy {object_id!r} on instance {own}")
-                return object_id
+                return client, object_id
         except vineyard.ObjectNotExistsException:
             continue  # a copy deleted meanwhile; its name goes with the run
     started = time.monotonic()
-    copy = client.migrate(vineyard.ObjectID(ref.object_id))
+    original = vineyard.ObjectID(ref.object_id)
+    copy = client.migrate(original)
     try:
         client.persist(copy)  # so other instances (release, gc) see and can delete it
+    except vineyard.MetaTreeSubtreeNotExistsException:
+        endpoint = str(client.meta[holder]["rpc_endpoint"])
+        count(
+            "rpc", ref, f": instance {own} returned a deleted earlier copy; reading over RPC from {endpoint}"
+        )
+        return holder_client(endpoint, float(client.timeout_seconds)), original
+    try:
         client.put_name(copy, copy_object_name(ref.name, ref.object_id, own, secrets.token_hex(4)))
     except BaseException:
         client.delete(copy)
         raise
     seconds = time.monotonic() - started
     count("migrated", ref, f" from instance {holder} to {own} in {seconds:.3f} s")
-    return copy
+    return client, copy
+
+
+def holder_client(endpoint: str, timeout: float) -> Any:
+    """A vineyard RPC client of the instance at ``endpoint`` (``host:port``), probed first."""
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
+    return VineyardHook(rpc_endpoint=endpoint, timeout=timeout).get_conn()
+
+
+def delete_on_holder(client: Any, object_id: Any) -> None:
+    """Delete ``object_id`` through the instance that holds it (over RPC when it is another one).
+
+    A delete through another instance frees the memory but leaves the holder believing a
+    migrated copy still exists (see :func:`local_object`), so the holder is asked itself when
+    it answers; otherwise the delete goes through ``client``.
+    """
+    holder = int(client.get_meta(object_id).instance_id)
+    if holder != int(client.instance_id):
+        endpoint = str(client.meta.get(holder, {}).get("rpc_endpoint", ""))
+        try:
+            holder_client(endpoint, float(client.timeout_seconds)).delete(object_id)
+            return
+        except Exception as exc:  # unreachable holder: the delete still frees the payload
+            log.warning(
+                "Deleting %r through instance %s, not its holder %s: %s",
+                object_id,
+                client.instance_id,
+                holder,
+                exc,
+            )
+    client.delete(object_id)
 
 
 def release_copies(client: Any, ref: VineyardReference) -> int:
-    """Delete every recorded copy of ``ref``'s object, on any instance; returns how many."""
+    """Delete every recorded copy of ``ref``'s object, each through its holder; returns how many."""
     import vineyard
 
     deleted = 0
@@ -110,7 +154,7 @@ def release_copies(client: Any, ref: VineyardReference) -> int:
     ).items():
         client.drop_name(name)
         try:
-            client.delete(object_id)
+            delete_on_holder(client, object_id)
             deleted += 1
         except vineyard.ObjectNotExistsException:
             pass

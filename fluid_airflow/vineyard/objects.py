@@ -191,15 +191,15 @@ def _get(client: Any, ref: VineyardReference) -> Any:
     if holder == int(client.instance_id):
         migration.count("local", ref)
     else:
-        object_id = _migrate(client, ref, holder)
+        client, object_id = _migrate(client, ref, holder)
     if ref.encoding == "json":
         text = codec.decode(client.get(object_id), ref)
         return BaseXCom.deserialize_value(_Result(json.loads(text)))
     return codec.decode(client.get(object_id), ref)
 
 
-def _migrate(client: Any, ref: VineyardReference, holder: int) -> Any:
-    """A local copy of ``ref``'s object, which another instance of the cluster holds.
+def _migrate(client: Any, ref: VineyardReference, holder: int) -> tuple[Any, Any]:
+    """``(reader, object_id)`` of a local copy of ``ref``'s object, which another instance holds.
 
     The holder's RPC endpoint is probed first: our vineyardd would otherwise wait for a dead
     holder until our client's timeout, and report it as a hang of its own.
