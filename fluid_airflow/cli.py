@@ -96,10 +96,12 @@ def describe(status: DaemonStatus) -> str:
     from fluid_airflow.vineyard.resources import format_bytes
 
     if not status.running:
-        head = f"vineyardd is not running (socket {status.socket})"
         if status.pid:
-            head += f"; pid {status.pid} is alive but does not answer"
-        return head
+            return (
+                f"vineyardd pid {status.pid} is alive but does not answer on socket {status.socket} "
+                "(hung or stopped); restart it: `fluid-airflow vineyard stop`, then `start`"
+            )
+        return f"vineyardd is not running (socket {status.socket})"
     return "\n".join(
         [
             f"vineyardd is running: pid {status.pid or 'unknown (not started by fluid-airflow)'}, "
@@ -150,10 +152,19 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from fluid_airflow.exceptions import FluidAirflowError
     from fluid_airflow.vineyard.gc import collect, describe
     from fluid_airflow.vineyard.xcom import backend_hook
 
-    report = collect(backend_hook().get_conn(), dag_id=args.dag_id, dry_run=args.dry_run)
+    try:
+        report = collect(backend_hook().get_conn(), dag_id=args.dag_id, dry_run=args.dry_run)
+    except OperationalError as exc:
+        raise FluidAirflowError(
+            f"Airflow's metadata DB cannot be read ({str(exc.orig).splitlines()[0]}). Run `airflow db "
+            "migrate`, or point AIRFLOW_HOME / [database] sql_alchemy_conn at the DB your Airflow uses."
+        ) from exc
     print(json.dumps(report.to_dict(), indent=2) if args.json else describe(report))
     return EXIT_OK
 

@@ -58,6 +58,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": "integer",
         "example": "65536",
         "default": "16384",
+        "unit": "bytes",
+        "min": 0,
     },
     "keep_for": {
         "description": "Seconds a finished DAG run's Vineyard objects are kept before they are released "
@@ -66,6 +68,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": "integer",
         "example": "3600",
         "default": "0",
+        "unit": "seconds",
+        "min": -1,
     },
     "name_prefix": {
         "description": "First component of every Vineyard object name the XCom backend creates "
@@ -92,13 +96,21 @@ def get(option: str) -> str:
 def get_int(option: str) -> int:
     """Return ``[fluid] <option>`` as an int. :raises ValueError: the value is not an integer."""
     raw = get(option)
+    unit = OPTIONS[option].get("unit", "")
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(
             f"[{SECTION}] {option} = {raw!r} is not an integer; set AIRFLOW__FLUID__{option.upper()} "
-            "to a whole number of bytes"
+            f"to a whole number{' of ' + unit if unit else ''}"
         ) from None
+    if value < OPTIONS[option].get("min", value):
+        raise ValueError(
+            f"[{SECTION}] {option} = {value} is below its minimum {OPTIONS[option]['min']}; set "
+            f"AIRFLOW__FLUID__{option.upper()} to a whole number{' of ' + unit if unit else ''} >= "
+            f"{OPTIONS[option]['min']}"
+        )
+    return value
 
 
 def get_seconds(option: str) -> float:

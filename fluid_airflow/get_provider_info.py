@@ -129,7 +129,13 @@ def get_provider_info() -> dict[str, Any]:
         "config": {
             SECTION: {
                 "description": "Vineyard XCom backend and local vineyardd.",
-                "options": {name: {**spec, "version_added": "0.1.0"} for name, spec in OPTIONS.items()},
+                "options": {
+                    name: {
+                        **{k: v for k, v in spec.items() if k not in ("unit", "min")},
+                        "version_added": "0.1.0",
+                    }
+                    for name, spec in OPTIONS.items()
+                },
             },
         },
     }

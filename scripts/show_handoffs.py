@@ -159,8 +159,9 @@ def summarize(dag_id: str, run_id: str | None, metrics_tasks: list[str], max_row
         # the same objects as its per-key XComs, which own them.
         owned = {_decoded(x.value).get("object_id") for x in xcoms if _is_ref(_decoded(x.value), marker)}
         rows, seen, total, largest = [], set(), 0, (0, "")
+        handoffs = [x for x in xcoms if not x.key.startswith("_link_")]  # operator extra links, not data
         for x in sorted(
-            xcoms, key=lambda x: (order.get(x.task_id, (True, None, x.task_id)), x.map_index, x.key)
+            handoffs, key=lambda x: (order.get(x.task_id, (True, None, x.task_id)), x.map_index, x.key)
         ):
             value = _decoded(x.value)
             size = len(_row_json(x.value).encode())

@@ -76,3 +76,31 @@ def test_config_section_defaults_are_registered(airflow_db):
         env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__FLUID__")},
     )
     assert out.stdout.strip() == "airflow"
+
+
+def test_a_path_that_is_not_a_socket_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for path in (tmp_path / "file", tmp_path):
+        with pytest.raises(VineyardConnectionError, match="is not a UNIX socket"):
+            VineyardHook(ipc_socket=str(path)).get_conn()
+
+
+def test_missing_vineyard_connection_names_the_option(monkeypatch):
+    with pytest.raises(
+        VineyardConnectionError, match=r"'nope' \(type vineyard\) is not defined.*vineyard_conn_id"
+    ):
+        VineyardHook("nope").endpoint()
+
+
+def test_config_values_are_checked_with_their_units(monkeypatch, airflow_db):
+    from fluid_airflow import config
+    from fluid_airflow.vineyard.naming import xcom_object_name
+
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "forever")
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        config.get_int("keep_for")
+    monkeypatch.setenv("AIRFLOW__FLUID__INLINE_THRESHOLD", "-5")
+    with pytest.raises(ValueError, match="below its minimum 0"):
+        config.get_int("inline_threshold")
+    with pytest.raises(ValueError, match=r"\[fluid\] name_prefix is empty"):
+        xcom_object_name(prefix="", dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")

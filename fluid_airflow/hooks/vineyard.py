@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,16 @@ class VineyardHook(BaseHook):
             return "ipc", self._ipc_socket
         if self._rpc_endpoint:
             return "rpc", self._rpc_endpoint
-        conn = self.get_connection(self.vineyard_conn_id)
+        try:
+            conn = self.get_connection(self.vineyard_conn_id)
+        except Exception as exc:  # AirflowNotFoundException, from the SDK or core
+            if type(exc).__name__ != "AirflowNotFoundException":
+                raise
+            raise errors.VineyardConnectionError(
+                f"Airflow connection {self.vineyard_conn_id!r} (type vineyard) is not defined. Create it "
+                "(UI: Admin > Connections; or AIRFLOW_CONN_<ID> as JSON with extra.ipc_socket), or unset "
+                "[fluid] vineyard_conn_id to use [fluid] vineyard_socket."
+            ) from exc
         extra = conn.extra_dejson
         if extra.get("ipc_socket"):
             return "ipc", str(extra["ipc_socket"])
@@ -150,6 +160,12 @@ def _connect(kind: str, where: str, timeout: float) -> Any:
                 "closed to this user. Run the task as a user who may enter that folder and use the "
                 "socket, or start vineyardd with its socket in a folder this user can reach."
             ) from exc
+        if present and not stat.S_ISSOCK(os.stat(where).st_mode):
+            raise errors.VineyardConnectionError(
+                f"{where} is not a UNIX socket (it is a {'folder' if os.path.isdir(where) else 'file'}): "
+                "point [fluid] vineyard_socket (or the vineyard connection's ipc_socket) at vineyardd's "
+                "socket, e.g. <runtime_dir>/vineyard.sock from `fluid-airflow vineyard status`."
+            )
         if not present:
             raise errors.VineyardConnectionError(
                 f"No vineyardd IPC socket at {where}: the file does not exist. Start a local one with "

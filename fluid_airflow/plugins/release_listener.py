@@ -16,6 +16,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
+RELEASE_TIMEOUT = 5.0  # seconds one vineyardd call of the run-end release may wait
 
 
 def _release(dag_run: Any) -> None:
@@ -27,7 +28,9 @@ def _release(dag_run: Any) -> None:
         from fluid_airflow.vineyard.release import release_run
         from fluid_airflow.vineyard.xcom import backend_hook
 
-        report = release_run(backend_hook().get_conn(), dag_run.dag_id, dag_run.run_id)
+        # This runs in the scheduler's loop: a hung vineyardd may hold it for RELEASE_TIMEOUT at most.
+        timeout = min(RELEASE_TIMEOUT, config.get_seconds("vineyard_timeout"))
+        report = release_run(backend_hook(timeout).get_conn(), dag_run.dag_id, dag_run.run_id)
     except Exception as exc:
         log.warning(
             "Could not release the Vineyard objects of DAG run %s/%s (%s); `fluid-airflow gc` will.",

@@ -63,33 +63,46 @@ class LocalVineyardCluster:
     def start(self, size: str = "256Mi", timeout: float = 30.0) -> list[Instance]:
         """Start etcd, then every vineyardd (``--meta etcd``, RPC on its port), each ``size`` big.
 
-        Anything started is stopped again when a later start fails.
+        On a cluster that already runs, only the instances that are not running are started (the
+        recovery of a dead instance); nothing running is touched. What this call started is
+        stopped again when a later start fails.
 
+        :raises SocketInUseError: every instance and etcd already run.
+        :raises InsufficientMemoryError: the instances to start together need more memory than there is.
         :raises VineyardDaemonError: as :meth:`LocalVineyardd.start` / :meth:`LocalEtcd.start`.
         """
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            self.etcd.start(timeout=timeout)
-            self.state_file.write_text(
-                json.dumps(
-                    {
-                        "etcd_client_port": self.etcd.client_port,
-                        "etcd_peer_port": self.etcd.peer_port,
-                        "rpc_ports": self.rpc_ports,
-                    }
-                )
-                + "\n"
+        from fluid_airflow.exceptions import SocketInUseError
+        from fluid_airflow.vineyard.resources import check_memory, memory_limits, parse_size
+
+        missing = [(n, p) for n, p in zip(self.nodes, self.rpc_ports, strict=True) if not n.pid()]
+        if self.etcd.pid is not None and not missing:
+            raise SocketInUseError(
+                f"the cluster in {self.runtime_dir} already runs (etcd pid {self.etcd.pid}, "
+                f"{len(self.nodes)} vineyardd); stop it first: "
+                f"`fluid-airflow cluster stop --runtime-dir {self.runtime_dir}`"
             )
-            for node, port in zip(self.nodes, self.rpc_ports, strict=True):
+        check_memory(parse_size(size) * len(missing), memory_limits(), f"{len(missing)} x {size}")
+        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        started: list[Any] = []
+        try:
+            if self.etcd.pid is None:
+                self.etcd.start(timeout=timeout)
+                started.append(self.etcd)
+            state = {
+                "etcd_client_port": self.etcd.client_port,
+                "etcd_peer_port": self.etcd.peer_port,
+                "rpc_ports": self.rpc_ports,
+            }
+            self.state_file.write_text(json.dumps(state) + "\n")
+            for node, port in missing:
+                endpoint = self.etcd.endpoint
                 node.start(
-                    size,
-                    rpc_port=port,
-                    allow_public_rpc=True,
-                    etcd_endpoint=self.etcd.endpoint,
-                    timeout=timeout,
+                    size, rpc_port=port, allow_public_rpc=True, etcd_endpoint=endpoint, timeout=timeout
                 )
+                started.append(node)
         except BaseException:
-            self.stop()
+            for thing in reversed(started):  # only what this call started
+                thing.stop()
             raise
         return self.instances()
 

@@ -7,9 +7,10 @@ object gets a state:
 - ``live``: its name and object exist;
 - ``lost``: an XCom row refers to it but vineyardd no longer has it although the run's retention
   has not passed (a vineyardd restart, a manual delete), or its name is left dangling;
-- ``released``: gone, and the run is finished and past ``[fluid] keep_for`` (released at run
-  end, by the release action or by ``gc``, as the policy says; Vineyard keeps no record of
-  why an object went, so this is the policy's reading);
+- ``released``: gone, and the run is finished and either none of its names remain in
+  vineyardd (a release drops them: run end, the release action, ``gc``) or it is past
+  ``[fluid] keep_for``. Vineyard keeps no record of why an object went, so a restart of a
+  ``--meta local`` vineyardd after the run ended also reads as released;
 - ``orphan``: in vineyardd under the backend's prefix, but no XCom row refers to it (what
   ``fluid-airflow gc`` reclaims once the run is finished).
 
@@ -143,6 +144,7 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
             referenced[ref.object_id] = ref
             run(dag_id, run_id)
     seen: set[str] = set()
+    named_runs: set[tuple[str, str]] = set()  # runs with any name left, dangling ones included
     for name, object_id in sorted(client.list_names(names_pattern(prefix=prefix), limit=LIST_LIMIT).items()):
         copy = split_copy_name(name)
         try:
@@ -151,6 +153,7 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
             continue
         if dag_ids is not None and parts["dag_id"] not in dag_ids:
             continue
+        named_runs.add((str(parts["dag_id"]), str(parts["run_id"])))
         try:
             meta = client.get_meta(object_id)
         except vineyard.ObjectNotExistsException:
@@ -177,12 +180,10 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
     keep_for = config.get_int("keep_for")
     for (dag_id, run_id), holding in holdings.items():
         end = runs_state.get((dag_id, run_id), ("", None))[1]
-        expired = (
-            holding.run_state in FINISHED
-            and keep_for >= 0
-            and end is not None
-            and (now - end).total_seconds() >= keep_for
-        )
+        finished = holding.run_state in FINISHED
+        expired = keep_for >= 0 and end is not None and (now - end).total_seconds() >= keep_for
+        no_names = not holding.objects and (dag_id, run_id) not in named_runs
+        released = finished and (expired or no_names)
         for d, r, value in rows:
             if (d, r) != (dag_id, run_id):
                 continue
@@ -194,7 +195,7 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
                         name=ref.name, object_id=ref.object_id, task_id=ref.task_id, map_index=ref.map_index,
                         key=ref.key, type=ref.type, shape=ref.shape, bytes=ref.bytes, host=ref.host,
                         instance_id=ref.instance_id, age=_age(ref.created, now),
-                        state="released" if expired else "lost",
+                        state="released" if released else "lost",
                     )
                 )  # fmt: skip
     order = {key: i for i, key in enumerate(runs_state)}
@@ -214,7 +215,10 @@ def instances(client: Any) -> list[dict[str, Any]]:
             "instance_id": int(instance_id),
             "host": str(entry.get("hostname", "")),
             "ipc_socket": str(entry.get("ipc_socket", "")),
-            "rpc_endpoint": str(entry.get("rpc_endpoint", "")),
+            # vineyardd started with --norpc advertises 0.0.0.0:0
+            "rpc_endpoint": "off"
+            if str(entry.get("rpc_endpoint", "")).endswith(":0")
+            else str(entry.get("rpc_endpoint", "")),
             "memory_usage": None,
             "memory_limit": None,
         }

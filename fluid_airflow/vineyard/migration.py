@@ -41,7 +41,19 @@ def held_bytes(meta: Any) -> int:
     """
     if meta.islocal:
         return int(meta.memory_usage)
-    return int(meta.nbytes or 0)
+    return _blob_bytes(meta)
+
+
+def _blob_bytes(meta: Any) -> int:
+    """``nbytes`` of ``meta``, else the sum of its members' (frames and tables carry it on their
+    columns, not on themselves; a remote blob's own ``length`` reads 0)."""
+    import vineyard
+
+    own = int(meta.nbytes or 0)
+    if own:
+        return own
+    members = [meta[key] for key in meta if isinstance(meta[key], vineyard.ObjectMeta)]
+    return sum(_blob_bytes(m) for m in members)
 
 
 def count(kind: str, ref: VineyardReference, detail: str = "") -> None:

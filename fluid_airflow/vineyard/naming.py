@@ -34,8 +34,13 @@ def xcom_object_name(
 ) -> str:
     """Return the Vineyard name of one XCom; ``map_index=None`` is stored as ``-1`` (unmapped).
 
-    :raises ValueError: a component is empty.
+    :raises ValueError: a component is empty (an empty ``prefix`` is ``[fluid] name_prefix``).
     """
+    if not str(prefix):
+        raise ValueError(
+            "[fluid] name_prefix is empty; unset AIRFLOW__FLUID__NAME_PREFIX (default 'airflow') or set "
+            "it to a word, e.g. 'airflow'"
+        )
     index = -1 if map_index is None else int(map_index)
     return "/".join([_part(prefix), _part(dag_id), _part(run_id), _part(task_id), str(index), _part(key)])
 

@@ -18,7 +18,6 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from fluid_airflow import config
 from fluid_airflow import exceptions as errors
-from fluid_airflow.hooks.vineyard import VineyardHook
 from fluid_airflow.vineyard import admission, calls, codec, migration
 from fluid_airflow.vineyard.naming import xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
@@ -144,6 +143,8 @@ def _roll_back(client: Any, object_id: Any) -> None:
             raise
     try:
         if client.is_ipc:
+            from fluid_airflow.hooks.vineyard import VineyardHook
+
             VineyardHook(ipc_socket=str(client.ipc_socket)).get_conn().delete(object_id)
             return
     except Exception as exc:

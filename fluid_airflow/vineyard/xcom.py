@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
@@ -35,9 +35,12 @@ from fluid_airflow import config
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.hooks.vineyard import VineyardHook
 from fluid_airflow.vineyard import codec, migration, objects, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+
+if TYPE_CHECKING:  # imported lazily: loading this backend while the hook module initialises
+    # (Airflow resolves the XCom backend from its config) would be a circular import.
+    from fluid_airflow.hooks.vineyard import VineyardHook
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ def _client(ref: VineyardReference | None = None) -> Any:
                     f"vineyardd at {ref.socket} (a Dataset's cache), which this process cannot reach (it "
                     f"uses {kind} {where}). Read it in a @task.fluid task of that Dataset instead."
                 )
+            from fluid_airflow.hooks.vineyard import VineyardHook
+
             return VineyardHook(ipc_socket=ref.socket).get_conn()
     return hook.get_conn()
 
@@ -112,12 +117,14 @@ def _own_cluster_client(hook: VineyardHook, ref: VineyardReference) -> Any | Non
     return client if migration.same_cluster(client, ref) else None
 
 
-def backend_hook() -> VineyardHook:
+def backend_hook(timeout: float | None = None) -> VineyardHook:
     """The hook the backend uses: ``[fluid] vineyard_conn_id`` if set, else ``vineyard_socket``."""
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
     conn_id = config.get("vineyard_conn_id")
     if conn_id:
-        return VineyardHook(conn_id)
-    return VineyardHook(ipc_socket=config.vineyard_socket())
+        return VineyardHook(conn_id, timeout=timeout)
+    return VineyardHook(ipc_socket=config.vineyard_socket(), timeout=timeout)
 
 
 class VineyardXComBackend(BaseXCom):
