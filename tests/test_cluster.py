@@ -254,3 +254,28 @@ def test_a_copy_released_alone_is_migrated_again_and_a_stale_one_is_read_over_rp
     assert migration.handoffs["rpc"] == before["rpc"] + 1
     release_run(a, DAG, RUN)
     assert usage(cluster) == [0, 0, 0]
+
+
+def test_start_on_a_running_cluster_refuses_and_touches_nothing_but_restarts_a_dead_instance(cluster):
+    from fluid_airflow.exceptions import SocketInUseError
+
+    before = [i.pid for i in cluster.instances()]
+    with pytest.raises(SocketInUseError, match="already runs"):
+        LocalVineyardCluster(cluster.runtime_dir).start("256Mi")
+    assert [i.pid for i in cluster.instances()] == before and cluster.etcd.healthy()
+    os.kill(before[1], signal.SIGKILL)
+    while cluster.nodes[1].pid() == before[1]:
+        time.sleep(0.05)
+    again = LocalVineyardCluster(cluster.runtime_dir).start("256Mi")  # recovery: only instance 1
+    assert again[0].pid == before[0] and again[2].pid == before[2] and again[1].pid not in (None, before[1])
+
+
+def test_start_refuses_when_all_instances_together_do_not_fit(tmp_path):
+    import psutil
+
+    from fluid_airflow.exceptions import InsufficientMemoryError
+
+    per_instance = f"{psutil.virtual_memory().total // 2 // (1 << 20)}Mi"
+    with pytest.raises(InsufficientMemoryError):
+        LocalVineyardCluster(tmp_path / "c", instances=3).start(per_instance)
+    assert not (tmp_path / "c" / "cluster.json").exists()
