@@ -114,8 +114,11 @@ class VineyardHook(BaseHook):
         key = (os.getpid(), f"{kind}:{where}")
         with _LOCK:
             client = _CLIENTS.get(key)
-            if client is not None and _alive(client):
-                return client
+            if client is not None:
+                # Shared by every hook of this process: each caller's own bound applies to its calls.
+                client.timeout_seconds = max(1, round(self.timeout))
+                if _alive(client):
+                    return client
             for stale in [k for k in _CLIENTS if k[0] != key[0]]:
                 # Dropped without close(): closing would act on the parent's connection state.
                 del _CLIENTS[stale]

@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from airflow.sdk.observability.stats import Stats  # at import: not inside a measured read
+
 from fluid_airflow.vineyard.naming import copies_pattern, copy_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
 
@@ -61,8 +63,6 @@ def count(kind: str, ref: VineyardReference, detail: str = "") -> None:
     handoffs[kind] += 1
     log.info("XCom %r (%s, %d bytes): %s read%s", ref.key, ref.name, ref.bytes, kind, detail)
     try:
-        from airflow.sdk.observability.stats import Stats
-
         Stats.incr(f"fluid_airflow.handoff.{kind}")
     except Exception:  # metrics are best effort; the read itself must not fail on them
         log.debug("Airflow metrics unavailable", exc_info=True)

@@ -35,11 +35,14 @@ from fluid_airflow import config
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
+
+# The module, not the name: Airflow resolves this backend from its config while the hook module
+# may still be initialising (it imports airflow.sdk), and a name import would then fail.
+from fluid_airflow.hooks import vineyard as vineyard_hooks
 from fluid_airflow.vineyard import codec, migration, objects, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
-if TYPE_CHECKING:  # imported lazily: loading this backend while the hook module initialises
-    # (Airflow resolves the XCom backend from its config) would be a circular import.
+if TYPE_CHECKING:
     from fluid_airflow.hooks.vineyard import VineyardHook
 
 log = logging.getLogger(__name__)
@@ -102,9 +105,7 @@ def _client(ref: VineyardReference | None = None) -> Any:
                     f"vineyardd at {ref.socket} (a Dataset's cache), which this process cannot reach (it "
                     f"uses {kind} {where}). Read it in a @task.fluid task of that Dataset instead."
                 )
-            from fluid_airflow.hooks.vineyard import VineyardHook
-
-            return VineyardHook(ipc_socket=ref.socket).get_conn()
+            return vineyard_hooks.VineyardHook(ipc_socket=ref.socket).get_conn()
     return hook.get_conn()
 
 
@@ -119,12 +120,10 @@ def _own_cluster_client(hook: VineyardHook, ref: VineyardReference) -> Any | Non
 
 def backend_hook(timeout: float | None = None) -> VineyardHook:
     """The hook the backend uses: ``[fluid] vineyard_conn_id`` if set, else ``vineyard_socket``."""
-    from fluid_airflow.hooks.vineyard import VineyardHook
-
     conn_id = config.get("vineyard_conn_id")
     if conn_id:
-        return VineyardHook(conn_id, timeout=timeout)
-    return VineyardHook(ipc_socket=config.vineyard_socket(), timeout=timeout)
+        return vineyard_hooks.VineyardHook(conn_id, timeout=timeout)
+    return vineyard_hooks.VineyardHook(ipc_socket=config.vineyard_socket(), timeout=timeout)
 
 
 class VineyardXComBackend(BaseXCom):
