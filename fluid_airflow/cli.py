@@ -99,7 +99,8 @@ def describe(status: DaemonStatus) -> str:
         if status.pid:
             return (
                 f"vineyardd pid {status.pid} is alive but does not answer on socket {status.socket} "
-                "(hung or stopped); restart it: `fluid-airflow vineyard stop`, then `start`"
+                f"(hung, or stopped: `kill -CONT {status.pid}`); otherwise restart it: "
+                "`fluid-airflow vineyard stop`, then `start` (its objects are lost)"
             )
         return f"vineyardd is not running (socket {status.socket})"
     return "\n".join(

@@ -70,6 +70,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "default": "0",
         "unit": "seconds",
         "min": -1,
+        "hint": "; -1 keeps a run's objects until `fluid-airflow gc` or the release operator frees them",
     },
     "name_prefix": {
         "description": "First component of every Vineyard object name the XCom backend creates "
@@ -102,7 +103,7 @@ def get_int(option: str) -> int:
     except ValueError:
         raise ValueError(
             f"[{SECTION}] {option} = {raw!r} is not an integer; set AIRFLOW__FLUID__{option.upper()} "
-            f"to a whole number{' of ' + unit if unit else ''}"
+            f"to a whole number{' of ' + unit if unit else ''}{OPTIONS[option].get('hint', '')}"
         ) from None
     if value < OPTIONS[option].get("min", value):
         raise ValueError(

@@ -131,7 +131,7 @@ def get_provider_info() -> dict[str, Any]:
                 "description": "Vineyard XCom backend and local vineyardd.",
                 "options": {
                     name: {
-                        **{k: v for k, v in spec.items() if k not in ("unit", "min")},
+                        **{k: v for k, v in spec.items() if k not in ("unit", "min", "hint")},
                         "version_added": "0.1.0",
                     }
                     for name, spec in OPTIONS.items()

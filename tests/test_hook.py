@@ -99,8 +99,17 @@ def test_config_values_are_checked_with_their_units(monkeypatch, airflow_db):
     monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "forever")
     with pytest.raises(ValueError, match="whole number of seconds"):
         config.get_int("keep_for")
+    with pytest.raises(ValueError, match="-1 keeps a run's objects"):
+        config.get_int("keep_for")
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")
     monkeypatch.setenv("AIRFLOW__FLUID__INLINE_THRESHOLD", "-5")
     with pytest.raises(ValueError, match="below its minimum 0"):
         config.get_int("inline_threshold")
+    import numpy as np
+
+    from fluid_airflow.vineyard.xcom import VineyardXComBackend
+
+    with pytest.raises(ValueError, match="inline_threshold = -5"):  # every push checks, arrays too
+        VineyardXComBackend.serialize_value(np.arange(3.0), key="k", task_id="t", dag_id="d", run_id="r")
     with pytest.raises(ValueError, match=r"\[fluid\] name_prefix is empty"):
         xcom_object_name(prefix="", dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")

@@ -152,6 +152,8 @@ class VineyardXComBackend(BaseXCom):
         if is_reference(value) or tree.is_tree(value):
             return value  # already in Vineyard (e.g. returned by a pod): keep the reference
         scope = {"key": key, "task_id": task_id, "dag_id": dag_id, "run_id": run_id}
+        for option in ("inline_threshold", "keep_for"):  # a bad setting fails every push, not some
+            config.get_int(option)
         try:
             return _serialize(value, scope, map_index)
         except errors.UnsupportedXComValueError as exc:
