@@ -229,7 +229,12 @@ def test_handoffs_page_lists_the_run_and_releases_it(airflow, chromium):
         one = min(held)
         row = section.find_element(By.CSS_SELECTOR, f'tr.object[data-name="{one}"]')
         row.find_element(By.CSS_SELECTOR, "button.release-object").click()
-        WebDriverWait(driver, 30).until(lambda d: "Released" in d.find_element(By.ID, "message").text)
+        WebDriverWait(driver, 30).until(
+            lambda d: (
+                "Released" in d.find_element(By.ID, "message").text
+                and d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true"
+            )
+        )
         assert set(run_objects(client, DAG, run_id)) == set(held) - {one}
         assert client.status.memory_usage < used
 
@@ -239,7 +244,7 @@ def test_handoffs_page_lists_the_run_and_releases_it(airflow, chromium):
         WebDriverWait(driver, 30).until(
             lambda d: (
                 f"{len(held) - 1} object(s)" in d.find_element(By.ID, "message").text
-                and d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded")
+                and d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true"
             )
         )
         driver.save_screenshot(str(ARTIFACTS / "ui-handoffs-released.png"))
