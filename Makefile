@@ -8,21 +8,49 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+# A second venv with pandas 3 (pandas 3 installed first, then the package: pip must keep it)
+# and the optional torch extra (CUDA wheels from PyPI: ~2.5 min, ~5 GB, so not in .venv).
+# Rebuilt only when the pandas version or the project's requirements change.
+PANDAS3 ?= 3.1.1
+VENV3 ?= .venv-pandas3
+BIN3 := $(VENV3)/bin
+STAMP3 := $(VENV3)/.installed-pandas-$(PANDAS3)
+# The tests run on pandas 3 too: values through the backend, pandas, polars, the DAGs; and torch,
+# which only this venv has.
+PANDAS3_TESTS ?= tests/test_install.py tests/test_backend.py tests/test_frames.py tests/test_inline.py tests/test_polars.py \
+	tests/test_dags.py tests/test_torch.py
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv venv-pandas3 demo test lint bench clean controlplane
 
 venv: $(STAMP)
+
+venv-pandas3: $(STAMP3)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: need Python 3.10, 3.11 or 3.12 on PATH (vineyard 0.24.2 has no wheel for others)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# The newest setuptools on purpose: it has no pkg_resources, which vineyard imports
+	# (fluid_airflow/_vineyard_import.py handles that); the tests run against it.
+	$(BIN)/python -m pip install --quiet --upgrade setuptools
 	@touch $@
 
-# The `bench` extra (matplotlib, for the plot) on top of the dev install.
+$(STAMP3): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "error: need Python 3.10, 3.11 or 3.12 on PATH"; exit 1; }
+	rm -rf $(VENV3)
+	$(PYTHON) -m venv $(VENV3)
+	$(BIN3)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN3)/python -m pip install --quiet "pandas==$(PANDAS3)"
+	grep -v '^pandas==' constraints.txt > $(VENV3)/constraints.txt
+	$(BIN3)/python -m pip install --quiet -c $(VENV3)/constraints.txt -e ".[dev,torch]"
+	$(BIN3)/python -m pip install --quiet --upgrade setuptools  # as in $(VENV): the newest
+	$(BIN3)/python -c 'import pandas, sys; v = pandas.__version__; sys.exit(0 if v == "$(PANDAS3)" else f"pip replaced pandas $(PANDAS3) by {v}")'
+	@touch $@
+
+# The `bench` extra (matplotlib, for the plot) and torch (the torch_tensor kind) on top of the dev install.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench,torch]"
 	@touch $@
 
 demo: $(STAMP)
@@ -33,13 +61,22 @@ demo: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
-test: $(STAMP)
+# The control-plane tests need the Go-built Kubernetes + Fluid binaries (cached outside the checkout:
+# ~28 min the first time on 2 cores, under a second after).
+test: $(STAMP) $(STAMP3) controlplane
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/test_torch.py
+	@echo "--- the same on pandas $(PANDAS3) ($(VENV3)): $(PANDAS3_TESTS)"
+	$(BIN3)/python -m pytest $(PANDAS3_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench
 	$(BIN)/ruff format --check fluid_airflow dags tests scripts bench
 
+# The real Kubernetes control plane + Fluid controllers for the tests (docs/controlplane.md): built from Go
+# modules once per version pin into ${FLUID_AIRFLOW_CACHE:-~/.cache/fluid-airflow}/controlplane/<key>/.
+controlplane:
+	bash scripts/controlplane/build.sh
+
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache
+	rm -rf $(VENV) $(VENV3) .airflow .pytest_cache

@@ -7,10 +7,15 @@
    consumer process (:mod:`bench.measure`), sizes 1 MiB up to 4 GiB, capped by free memory;
 2. the DAG-level comparison (:mod:`bench.dag_level`): the flights DAG at scale x1 and x10 with
    our backend and with common-io's object-storage backend;
-3. the report (:mod:`bench.report`): ``docs/bench.md``, ``docs/bench.png`` and a last stdout line
+3. the report (:mod:`bench.report`): ``docs/bench.md``, ``docs/bench.png`` and last stdout lines
+   ``key=value``: issue 16's ratios against pickle and Arrow IPC (``speedup_1GiB_strdf_arrow_vs_pickle``,
+   ``speedup_1GiB_strdf_object_vs_pickle``, ``speedup_1GiB_df_vs_pickle``,
+   ``ratio_1MiB_df_vs_pickle``, polars, torch, ...; :data:`bench.report.ISSUE_KEYS`), then
    ``speedup_1GiB_df_vs_objectstorage=<ratio>``.
 
 Knobs (environment variables): ``BENCH_MAX`` (largest size, e.g. ``256Mi``; default ``4Gi``),
 ``BENCH_QUICK=1`` (sizes 1 and 16 MiB, one run each, DAG at x1 only, report to ``artifacts/``),
-``BENCH_DAG_SCALES`` (default ``1,10``; empty: skip the DAG level), ``BENCH_OUT`` (report folder).
+``BENCH_DAG_SCALES`` (default ``1,10``; empty: skip the DAG level), ``BENCH_OUT`` (report folder),
+``BENCH_KINDS`` (comma list of :data:`bench.data.KINDS`; default all), ``BENCH_PEERS`` (comma list
+of peer names besides ours, e.g. ``pickle-shm,arrow-ipc-shm``; default all).
 """

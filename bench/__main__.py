@@ -30,6 +30,8 @@ class Settings:
     quick: bool
     dag_scales: tuple[int, ...]
     out_dir: Path
+    kinds: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()  # empty: all
 
     @property
     def sizes(self) -> list[int]:
@@ -54,7 +56,15 @@ def settings_from_env() -> Settings:
     scales_text = os.environ.get("BENCH_DAG_SCALES", default_scales)
     scales = tuple(int(s) for s in scales_text.replace(" ", "").split(",") if s)
     default_out = REPO / ("artifacts/bench-quick" if quick else "docs")
-    return Settings(max_bytes, quick, scales, Path(os.environ.get("BENCH_OUT") or default_out))
+    from bench import data
+
+    kinds = tuple(k for k in os.environ.get("BENCH_KINDS", "").replace(" ", "").split(",") if k)
+    unknown = sorted(set(kinds) - set(data.KINDS))
+    if unknown:
+        raise SystemExit(f"bench: BENCH_KINDS has unknown kinds {unknown}; known: {', '.join(data.KINDS)}")
+    out = Path(os.environ.get("BENCH_OUT") or default_out)
+    peers = tuple(p for p in os.environ.get("BENCH_PEERS", "").replace(" ", "").split(",") if p)
+    return Settings(max_bytes, quick, scales, out, kinds or data.KINDS, peers)
 
 
 @dataclass(frozen=True)
@@ -124,13 +134,16 @@ def main() -> int:
 
         vineyardd = LocalVineyardd(ws.runtime)
         peers = make_peers(ws.disk, ws.shm)
+        if settings.peers:
+            peers = [p for p in peers if p.name in settings.peers or p.name == peers[0].name]
         rows = ws.disk / "xcom.db"
         producer, consumer = Worker("producer", peers, rows), Worker("consumer", peers, rows)
         workers += [producer, consumer]
         sizes = settings.sizes
         first, last = report.size_label(sizes[0]), report.size_label(sizes[-1])
         print(f"bench: XCom backend level, sizes {first} to {last}")
-        cases = ApiBench(peers, sizes, producer, consumer, vineyardd, quick=settings.quick).run()
+        api = ApiBench(peers, sizes, producer, consumer, vineyardd, quick=settings.quick)
+        cases = api.run(settings.kinds)
         for worker in workers:
             worker.close()
         workers.clear()
@@ -145,14 +158,22 @@ def main() -> int:
         cluster_size = min(16 * MiB if settings.quick else 256 * MiB, settings.max_bytes)
         print(f"bench: cross-instance hand-off, 2-instance local cluster, {report.size_label(cluster_size)}")
         cluster_reads = run_cluster_level(ws, cluster_size)
+        from bench.fluid_overhead import measure as measure_fluid_overhead
+
+        print("bench: @task.fluid overhead over a plain @task, local backend, real scheduler")
+        fluid_overhead = measure_fluid_overhead(runs=1 if settings.quick else 3)["overhead_s"]
         elapsed = time.monotonic() - started
         speedup = report.write(settings, peers, cases, dag_runs, elapsed, cluster_reads)
+        keys = report.issue_keys(cases)
     finally:  # every step, even if an earlier one fails
         for worker in workers:
             _cleanup(f"stopping the {worker.role} worker", worker.close)
         if vineyardd is not None:
             _cleanup("stopping vineyardd", vineyardd.stop)
         ws.remove()
+    for line in keys:
+        print(line)
+    print(f"overhead_task_fluid_local_s={fluid_overhead}")
     print(f"speedup_1GiB_df_vs_objectstorage={speedup}")
     return 0
 

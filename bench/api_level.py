@@ -40,7 +40,7 @@ NEED_FLOOR = {
     "pickle-shm": 2.1,
     "arrow-ipc-shm": 2.1,
 }
-STRING_KINDS = ("df_strings", "arrow_table")
+STRING_KINDS = ("df_strings", "arrow_table", "df_str", "polars_df")
 
 
 @dataclass
@@ -146,13 +146,22 @@ class ApiBench:
         self._blocked: dict[tuple[str, str], str] = {}  # (peer, kind) -> why larger sizes are not tried
         self._last: dict[tuple[str, str], Case] = {}
 
-    def run(self) -> list[Case]:
-        for kind in data.KINDS:
+    def run(self, kinds: tuple[str, ...] = data.KINDS) -> list[Case]:
+        for kind in kinds:
+            missing = _missing_module(kind)
             for size in self.sizes:
+                peers = self._peers_for(kind)
+                if missing or (kind in data.LIMITED and size > data.LIMITED_MAX):
+                    why = f"{missing} is not installed" if missing else "not measured above 1 GiB"
+                    self.cases += [Case(p.name, kind, size, skipped=why) for p in peers]
+                    continue
                 started = time.monotonic()
                 made = self.producer.call("make", kind=kind, nbytes=size)
+                if "error" in made:
+                    self.cases += [Case(p.name, kind, size, error=made["error"]) for p in peers]
+                    continue
                 line = []
-                for peer in self.peers:
+                for peer in peers:
                     case = self._run_case(peer, kind, size, made["payload"])
                     self.cases.append(case)
                     line.append(f"{peer.name} {_short(case)}")
@@ -160,6 +169,11 @@ class ApiBench:
                 took = time.monotonic() - started
                 self.say(f"  {kind:<11} {_size(size):>7} ({took:4.0f} s): " + " | ".join(line))
         return self.cases
+
+    def _peers_for(self, kind: str) -> list[Peer]:
+        if kind not in data.LIMITED:
+            return self.peers
+        return [p for p in self.peers if p.name in data.LIMITED_PEERS]
 
     def _run_case(self, peer: Peer, kind: str, size: int, payload: int) -> Case:
         case = Case(peer.name, kind, size, payload)
@@ -244,6 +258,14 @@ class ApiBench:
             "stored_bytes": put["stored_bytes"],
             "type": got["type"],
         }
+
+
+def _missing_module(kind: str) -> str | None:
+    """The module ``kind`` needs when it is not installed, else None."""
+    import importlib.util
+
+    module = data.LIMITED.get(kind)
+    return module if module and importlib.util.find_spec(module) is None else None
 
 
 def _size(n: int) -> str:

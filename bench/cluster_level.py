@@ -15,6 +15,7 @@ few runs:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -37,11 +38,11 @@ LABELS = {
 
 def _read(mode: str, ref_file: str, socket: str, rpc: str) -> None:
     """Child process: import, then time one read + scan; prints ``{"seconds", "private_growth"}``."""
-    import vineyard
-
     from bench import data
     from bench.measure import _status
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
+
+    vineyard = importlib.import_module("vineyard")  # after fluid_airflow's import hook
 
     ref = json.loads(Path(ref_file).read_text())
     os.environ["AIRFLOW__FLUID__VINEYARD_SOCKET"] = socket
@@ -117,7 +118,9 @@ def run_cluster_level(ws: Any, nbytes: int, repeats: int = 3) -> list[dict[str, 
         local = results[0]["seconds"]
         for row in results:
             row["ratio"] = row["seconds"] / local if local else None
-        VineyardXComBackend.purge(type("Row", (), {"value": ref})())  # the original and its copies
+        scope = VineyardReference.from_json(ref)  # purge deletes only the row's own scope
+        row = {k: getattr(scope, k) for k in ("key", "dag_id", "run_id", "task_id", "map_index")}
+        VineyardXComBackend.purge(type("Row", (), {"value": ref, **row})())  # the original and its copies
         return results
     finally:
         if saved is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import importlib
 import multiprocessing as mp
 import resource
 import signal
@@ -154,7 +155,6 @@ def _preimport() -> None:
     import pyarrow.compute
     import pyarrow.ipc
     import pyarrow.parquet  # noqa: F401  (the serde of the default and object-storage backends)
-    import vineyard  # noqa: F401  (~0.6 s; the backend imports it on first use)
     from airflow.providers.common.io.xcom.backend import XComObjectStorageBackend  # noqa: F401
     from airflow.sdk import ObjectStoragePath  # noqa: F401
     from airflow.sdk.bases.xcom import BaseXCom
@@ -162,8 +162,17 @@ def _preimport() -> None:
     import fluid_airflow.vineyard.xcom  # noqa: F401
     from bench.peers import _Row
 
+    # After fluid_airflow, whose import hook lets vineyard import without pkg_resources (~0.6 s;
+    # the backend imports it on first use).
+    importlib.import_module("vineyard")
+
     small = pd.DataFrame({"a": [1.0]})
     BaseXCom.deserialize_value(_Row("k", BaseXCom.serialize_value(small)))
+    # Kinds of their own; a consumer has them imported too. Importing polars starts no threads,
+    # so forking afterwards is safe (building a frame would be: see data.PolarsSource).
+    for optional in ("polars", "torch"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(optional)
 
 
 def serve(conn: Connection, role: str, peers: list[Peer], rows_path: str) -> None:
@@ -201,9 +210,10 @@ def serve(conn: Connection, role: str, peers: list[Peer], rows_path: str) -> Non
 def _put(peer: Peer, value: Any, case_id: str, rows: RowStore) -> Callable[[], dict[str, Any]]:
     def run() -> dict[str, Any]:
         peer.activate()
+        made = value.make() if isinstance(value, data.PolarsSource) else value  # before the clock
         with MemoryWindow() as window:
             start = time.perf_counter()
-            row_bytes = peer.put(value, case_id, rows)
+            row_bytes = peer.put(made, case_id, rows)
             seconds = time.perf_counter() - start
         stored = peer.stored_bytes(case_id, rows)
         peer.close()

@@ -27,8 +27,13 @@ DAG_ID = "fluid_bench"
 TASK_ID = "produce"
 KEY = "return_value"
 
-# What Airflow's task runner hands deserialize_value / purge: an object with ``.value``.
-_Row = namedtuple("_Row", ["key", "value"])
+# What Airflow's task runner hands deserialize_value / purge: an XCom row. purge deletes only
+# objects of the row's own scope (dag, run, task, map index, key), so the row carries them.
+_XComRow = namedtuple("_XComRow", ["key", "value", "dag_id", "run_id", "task_id", "map_index"])
+
+
+def _Row(key: str, value: Any, run_id: str | None = None) -> Any:
+    return _XComRow(key, value, DAG_ID, run_id, TASK_ID, -1)
 
 
 class RowStore:
@@ -136,7 +141,7 @@ class XComBackendPeer(Peer):
             stored = json.loads(rows.read(case_id))
         except KeyError:
             return
-        self._cls().purge(_Row(KEY, stored))
+        self._cls().purge(_Row(KEY, stored, run_id=case_id))
         rows.delete(case_id)
 
     def stored_bytes(self, case_id: str, rows: RowStore) -> int:
@@ -204,13 +209,19 @@ class ArrowIpcPeer(Peer):
         import pyarrow as pa
 
         path = self._path(case_id)
-        if isinstance(value, np.ndarray):
+        module = type(value).__module__.split(".")[0]
+        if isinstance(value, np.ndarray) or module == "torch":
+            array = value.numpy() if module == "torch" else value
             with pa.OSFile(str(path), "wb") as sink:
-                pa.ipc.write_tensor(pa.Tensor.from_numpy(value), sink)
-            form = "tensor"
+                pa.ipc.write_tensor(pa.Tensor.from_numpy(array), sink)
+            form = "torch" if module == "torch" else "tensor"
         else:
-            table = value if isinstance(value, pa.Table) else pa.Table.from_pandas(value)
-            form = "table" if isinstance(value, pa.Table) else "pandas"
+            if module == "polars":
+                table, form = value.to_arrow(), "polars"
+            elif isinstance(value, pa.Table):
+                table, form = value, "table"
+            else:
+                table, form = pa.Table.from_pandas(value), "pandas"
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
         text = json.dumps({"path": str(path), "form": form})
@@ -222,9 +233,18 @@ class ArrowIpcPeer(Peer):
 
         ref = json.loads(rows.read(case_id))
         source = pa.memory_map(ref["path"])
-        if ref["form"] == "tensor":
-            return pa.ipc.read_tensor(source).to_numpy()
+        if ref["form"] in ("tensor", "torch"):
+            array = pa.ipc.read_tensor(source).to_numpy()
+            if ref["form"] == "torch":
+                import torch
+
+                return torch.from_numpy(array)
+            return array
         table = pa.ipc.open_file(source).read_all()
+        if ref["form"] == "polars":
+            import polars as pl
+
+            return pl.from_arrow(table, rechunk=False)
         return table.to_pandas(split_blocks=True) if ref["form"] == "pandas" else table
 
     def purge(self, case_id: str, rows: RowStore) -> None:

@@ -35,6 +35,8 @@ COLORS = {
 }
 PACKAGES = (
     "apache-airflow",
+    "polars",
+    "torch",
     "apache-airflow-providers-common-io",
     "vineyard",
     "pandas",
@@ -105,6 +107,38 @@ def speedup(cases: list[Case], peer: str, kind: str = "df_numeric", size: int = 
     a = ours.median("handoff_s") if ours else None
     b = other.median("handoff_s") if other else None
     return b / a if a and b else None
+
+
+# The last-lines keys of issue 16: (key, peer compared with, kind, size, ratio as ours/peer).
+ISSUE_KEYS = (
+    ("speedup_1GiB_strdf_arrow_vs_pickle", "pickle-shm", "df_str", GiB, False),
+    ("speedup_1GiB_strdf_object_vs_pickle", "pickle-shm", "df_strings", GiB, False),
+    ("speedup_1GiB_df_vs_pickle", "pickle-shm", "df_numeric", GiB, False),
+    ("ratio_1MiB_df_vs_pickle", "pickle-shm", "df_numeric", MiB, True),
+    ("speedup_1GiB_polars_vs_pickle", "pickle-shm", "polars_df", GiB, False),
+    ("speedup_1GiB_torch_vs_pickle", "pickle-shm", "torch_tensor", GiB, False),
+    ("speedup_1GiB_strdf_arrow_vs_arrowipc", "arrow-ipc-shm", "df_str", GiB, False),
+    ("speedup_1GiB_strdf_object_vs_arrowipc", "arrow-ipc-shm", "df_strings", GiB, False),
+    ("ratio_1MiB_df_vs_arrowipc", "arrow-ipc-shm", "df_numeric", MiB, True),
+)
+
+
+def issue_keys(cases: list[Case]) -> list[str]:
+    """``key=value`` lines for :data:`ISSUE_KEYS`, plus the consumer's get time and private memory
+    for the 1 GiB ``str`` frame; ``nan`` for what this run did not measure."""
+    lines = []
+    for key, peer, kind, size, inverse in ISSUE_KEYS:
+        ratio = speedup(cases, peer, kind, size)
+        if ratio is not None and inverse:
+            ratio = 1 / ratio
+        lines.append(f"{key}={'nan' if ratio is None else f'{ratio:.2f}'}")
+    ours = _index(cases).get((OURS, "df_str", GiB))
+    get_s = ours.median("get_s") if ours else None
+    private = ours.median("get_private") if ours and ours.runs else None
+    lines.append(f"get_1GiB_strdf_arrow_ms={'nan' if get_s is None else f'{get_s * 1000:.1f}'}")
+    share = "nan" if private is None or not ours.payload else f"{100 * private / ours.payload:.2f}"
+    lines.append(f"consumer_private_1GiB_strdf_arrow_pct={share}")
+    return lines
 
 
 def targets(cases: list[Case]) -> list[tuple[str, str, str]]:
@@ -311,6 +345,8 @@ def write(
         *(f"| {a} | {b} | {c} |" for a, b, c in targets(cases)),
         "",
         f"`speedup_1GiB_df_vs_objectstorage={ratio_text}`",
+        "",
+        *(f"`{line}`  " for line in issue_keys(cases)),
         "",
         "## Hand-off at the XCom backend API",
         "",

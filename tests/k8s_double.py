@@ -1,5 +1,18 @@
 """An in-process Kubernetes API **test double** (not a cluster) for the fluid-airflow tests.
 
+**What it still stands in for.** Every test of Kubernetes behaviour runs on the real control plane
+(``tests/controlplane/``, fixture ``control_plane``: kube-apiserver, scheduler, kwok nodes, Fluid v1.0.8's own
+controllers; ``tests/test_k8s_*.py``, ``tests/test_controlplane.py``). This double remains only for what that
+plane cannot do:
+
+1. **Running a container.** kwok runs none, so ``@task.fluid`` pods whose runner must really run (and reach a
+   real vineyardd through the Dataset's mount) use this double with the kubelet double
+   (``tests/kubelet_double.py``): ``tests/test_fluid_pods_e2e.py``, ``tests/test_fluid_nopush.py``.
+2. **Answers the real plane gives only on failures it cannot be made to have on demand**: 5xx answers and
+   retries, Fluid's CRDs missing, a Dataset in phase ``Failed`` (``tests/test_fluid_sensor.py``).
+
+``tests/test_k8s_double.py`` pins the behaviour those tests rely on.
+
 ``KubeApiDouble`` serves the real Kubernetes REST API (JSON) on 127.0.0.1 for what this project uses, so the
 real ``kubernetes`` client and cncf-kubernetes' ``KubernetesHook`` run unchanged against it: ``/version``,
 ``/api``, ``/apis``, and namespaced ``pods``, ``persistentvolumeclaims`` (core v1), ``datasets`` and

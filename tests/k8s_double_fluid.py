@@ -1,8 +1,12 @@
 """Simulated Fluid controllers for the Kubernetes API test double (``tests/k8s_double.py``).
 
+Used only where the double is (its docstring says where): binding the Dataset the ``@task.fluid`` pods of
+``tests/test_fluid_pods_e2e.py`` mount, and ``fail_runtime`` / ``ready_after`` for the sensor's failure
+tests. Fluid's real controllers run in ``tests/controlplane/`` for everything else.
+
 Nothing here runs Fluid. It imitates, through the double's object store, what Fluid's dataset controller and
-vineyardruntime controller write, as the shared notes ``fluid.md`` describe it (§2 CRDs and status, §3 what a
-VineyardRuntime deploys, §5.1 the ``fluid.io/s-…`` label rule, §7 deletion) and as Fluid master's
+vineyardruntime controller write, as ``docs/design.md`` describes it (§16 status, §17 what a
+VineyardRuntime deploys, §19 the ``fluid.io/s-…`` label rule, §20 deletion) and as Fluid master's
 ``pkg/ddc/vineyard/{dataset,health_check}.go`` and ``pkg/controllers/runtime_controller.go`` read. It runs
 lazily before every request, from the time elapsed since the runtime was created: no background threads.
 
@@ -52,6 +56,11 @@ def _condition(conditions: list | None, new: dict, stamp: str, time_keys: tuple[
     if old and all(old.get(k) == v for k, v in new.items()):
         return conditions
     return [c for c in conditions if c is not old] + [{**new, **dict.fromkeys(time_keys, stamp)}]
+
+
+def worker_ip(index: int) -> str:
+    """The pod IP of vineyard worker ``index`` (on node ``double-node-<index>``)."""
+    return f"10.0.0.{index + 1}"
 
 
 class FluidSimulation:
@@ -250,6 +259,9 @@ class FluidSimulation:
                 continue
             condition = {"type": "Ready", "status": str(running)}
             pod["status"] = {"phase": "Running" if running else "Pending", "conditions": [condition]}
+            if running:  # hostNetwork: the pod IP is its node's, what Fluid gives vineyardd as MY_HOST_NAME
+                ip = worker_ip(i) if role == "vineyard-worker" else f"10.0.1.{i + 1}"
+                pod["status"] |= {"hostIP": ip, "podIP": ip, "podIPs": [{"ip": ip}]}
             self.double.save("pods", pod)
 
     def _pvc(self, ds: dict) -> dict:

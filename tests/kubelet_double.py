@@ -1,6 +1,9 @@
 """A kubelet **test double**: runs task pods made through the Kubernetes API test double as local processes.
 
 Neither a kubelet nor a container runtime: the kubelet of one node, so KPO pods of ``KubeApiDouble`` run.
+It stands in for the one thing the real control plane (``tests/controlplane/``, where kwok plays every
+kubelet) cannot do: run a task pod's container, here the ``@task.fluid`` runner against a real vineyardd
+(``tests/test_fluid_pods_e2e.py``, ``tests/test_fluid_nopush.py``).
 
 - It polls the pods of a namespace through the real kubernetes client (the API double has no watch); it runs
   *task pods*, those with a container named ``base`` (KPO's), not the simulated Vineyard pods.
@@ -11,7 +14,7 @@ Neither a kubelet nor a container runtime: the kubelet of one node, so KPO pods 
   and argument naming a path under a mount path is rewritten to it:
   - a PVC whose claim is in ``claims`` → that directory. For a Dataset's PVC (at ``/var/run/vineyard``) the
     test puts there a ``vineyard-config.yaml`` whose ``IPCSocket`` is the absolute path of a real local
-    vineyardd: what Fluid's fuse writes on a node running a VineyardRuntime worker (notes fluid.md 4). So
+    vineyardd: what Fluid's fuse writes on a node running a VineyardRuntime worker (docs/design.md §18). So
     ``VINEYARD_CONFIG=/var/run/vineyard/vineyard-config.yaml`` becomes ``<claim dir>/vineyard-config.yaml``.
     A pod mounting another claim stays ``Pending``.
   - an emptyDir → ``<work_dir>/<pod>/<volume>``; so for KPO's XCom volume the runner's ``--output

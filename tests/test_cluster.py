@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import processes_naming, remove_and_check_nothing_runs
+from conftest import own_row, processes_naming, remove_and_check_nothing_runs
 
 from fluid_airflow.exceptions import VineyardObjectLostError, VineyardTimeoutError
 from fluid_airflow.hooks.vineyard import VineyardHook
@@ -121,7 +121,7 @@ def test_purge_of_one_xcom_frees_its_copies_too(cluster, monkeypatch):
         on(monkeypatch, cluster, index)
         assert Backend.deserialize_value(_Row(ref)).sum() == sum(range(100_000))
     assert all(u > 0 for u in usage(cluster))
-    Backend.purge(_Row(ref))  # a retry or clear of the producer
+    Backend.purge(own_row(ref))  # a retry or clear of the producer
     assert usage(cluster) == [0, 0, 0]
 
 
@@ -189,19 +189,21 @@ def test_gc_sees_copies_and_judges_them_by_their_original(cluster, monkeypatch, 
     assert usage(cluster) == [0, 0, 0]
 
 
-def test_object_affinity_weights_hosts_by_the_located_bytes():
+def test_object_affinity_weights_nodes_by_the_located_bytes():
     from kubernetes.client import models as k8s
 
     from fluid_airflow.fluid import pods
 
     pod = k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")]))
-    ref = {"__vineyard_ref__": 1, "object_id": "o1", "name": "n", "bytes": 10, "host": "recorded"}
-    terms = pods.object_affinity(pod, [ref], located={"node-a": 300, "node-b": 100}).spec.affinity
+    ref = {"__vineyard_ref__": 1, "object_id": "o1", "name": "n", "bytes": 10, "host": "10.0.0.9"}
+    nodes = {"10.0.0.1": "node-a", "10.0.0.2": "node-b", "10.0.0.9": "node-c"}  # worker pod IP -> node
+    located = {"10.0.0.1": 300, "10.0.0.2": 100}
+    terms = pods.object_affinity(pod, [ref], nodes, located=located).spec.affinity
     weights = {
-        t.preference.match_expressions[0].values[0]: t.weight
+        t.preference.match_fields[0].values[0]: t.weight
         for t in terms.node_affinity.preferred_during_scheduling_ignored_during_execution
     }
-    assert weights == {"node-a": 75, "node-b": 25}  # not the host the reference recorded
+    assert weights == {"node-a": 75, "node-b": 25}  # not the node of the host the reference recorded
 
 
 def test_cluster_command_starts_reports_and_stops_everything():

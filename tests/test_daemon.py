@@ -107,7 +107,7 @@ def test_second_start_on_same_socket_is_refused_naming_pid(runtime, tmp_path_fac
 def test_stale_socket_of_killed_daemon_is_removed_and_start_succeeds(runtime, caplog):
     daemon = LocalVineyardd(runtime)
     first = daemon.start("16Mi")
-    os.kill(first.pid, signal.SIGKILL)  # SIGKILL leaves the socket file behind (notes section 8)
+    os.kill(first.pid, signal.SIGKILL)  # SIGKILL leaves the socket file behind (docs/design.md §7)
     assert gone(first.pid)
     assert (runtime / "vineyard.sock").exists()
     assert not daemon.status().running

@@ -9,7 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from conftest import BIN, task_states, xcom_rows
+import pytest
+from conftest import BIN, assert_inline_rows, task_states, xcom_rows
 
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
@@ -129,6 +130,22 @@ def test_airflow_lists_the_provider_and_its_connection_types():
     assert "fluid_airflow.hooks.fluid.FluidHook" in rows["fluid"]
 
 
+@pytest.mark.parametrize("lazy", ["True", "False"])
+def test_the_plugin_is_registered_once(lazy):
+
+    env = {**os.environ, "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy}
+    done = subprocess.run(
+        [str(BIN / "airflow"), "plugins", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    plugins = [p for p in json.loads(done.stdout) if p["name"] == "fluid_airflow"]
+    assert len(plugins) == 1  # loaded whether or not providers are discovered lazily
+    assert "already registered" not in done.stdout + done.stderr
+
+
 def test_multiple_outputs_store_each_array_once(run_dag, vineyard_client):
     before = int(vineyard_client.status.memory_usage)
     dr = run_dag("fa_multiple_outputs")
@@ -138,6 +155,22 @@ def test_multiple_outputs_store_each_array_once(run_dag, vineyard_client):
     per_key = [VineyardReference.from_json(got[("split", -1, k)]) for k in ("train", "test")]
     # The whole-dict return_value push reuses the per-key objects: no second copy.
     assert int(vineyard_client.status.memory_usage) - before == sum(r.bytes for r in per_key)
+
+
+def test_a_value_changed_in_place_after_a_push_reaches_consumers_as_returned(run_dag):
+    dr = run_dag("fa_stale")
+    assert str(dr.state) == "success", task_states(dr)
+    got = values(dr)
+    # Not the values of the earlier ti.xcom_push (0.0): what the task returned.
+    assert got[("check", -1, "return_value")] == {
+        "plain_arr": 1.0,
+        "plain_df": 2.0,
+        "outputs_arr": 3.0,
+        "outputs_key": 3.0,
+    }
+    # The multiple_outputs task's whole dict still refers to Airflow's per-key push (no copy).
+    tree_leaf = got[("outputs", -1, "return_value")]["value"]["dict"]["arr"]["ref"]
+    assert tree_leaf["object_id"] == got[("outputs", -1, "arr")]["object_id"]
 
 
 def test_backend_can_use_a_vineyard_connection(run_dag, vineyardd, monkeypatch):
@@ -266,7 +299,10 @@ def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkey
 
     LocalVineyardd(runtime).start("64Mi")
     monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_SOCKET", str(runtime / "vineyard.sock"))
-    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")  # released at run end: nothing may stay
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")
+    monkeypatch.setenv(
+        "AIRFLOW__FLUID__KEEP_FAILED_FOR", "0"
+    )  # this run fails: release it too  # released at run end: nothing may stay
     dag = dagbag.get_dag("fa_restart")
     started = time.monotonic()
     dr = dag.test(run_conf={"runtime_dir": str(runtime)})
@@ -310,3 +346,30 @@ def test_four_concurrent_demo_runs_collide_nowhere_and_leave_nothing(runtime):
     assert all(m == metrics[0] for m in metrics) and metrics[0]["r2"] > 0.5  # same data, same result
     status = daemon.status()
     assert status.memory_usage == 0  # every run released its objects when it ended
+
+
+def test_a_failed_run_keeps_its_objects_for_a_clear(run_dag, vineyard_client, monkeypatch, tmp_path):
+    from fluid_airflow.vineyard.release import release_run, run_objects
+
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")  # the defaults: successful runs go at once,
+    monkeypatch.delenv("AIRFLOW__FLUID__KEEP_FAILED_FOR", raising=False)  # failed ones stay a day
+    dr = run_dag("fa_fix_clear", conf={"count_dir": str(tmp_path)})
+    assert str(dr.state) == "failed"
+    held = run_objects(vineyard_client, dr.dag_id, dr.run_id)
+    assert len(held) == 1  # the producer's array is still there for a cleared consumer
+    ref = next(v for v in values(dr).values() if is_reference(v))
+    assert ref["expires"] == "at run end; if the run fails, 86400 s after run end"
+    release_run(vineyard_client, dr.dag_id, dr.run_id)
+
+
+def test_small_values_stay_inline_under_dag_test(run_dag, monkeypatch):
+    from fluid_airflow import config
+
+    conn = {"conn_type": "fluid", "extra": {"backend": "local", "local_max_cache": "256Mi"}}
+    monkeypatch.setenv("AIRFLOW_CONN_FLUID_DEFAULT", json.dumps(conn))
+    monkeypatch.setenv(
+        "AIRFLOW__FLUID__INLINE_PAYLOAD_FLOOR", config.OPTIONS["inline_payload_floor"]["default"]
+    )
+    dr = run_dag("fa_inline")
+    assert str(dr.state) == "success", task_states(dr)
+    assert_inline_rows(values(dr))

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, task_states
+from conftest import BIN, own_row, task_states
 
 from fluid_airflow.exceptions import VineyardConnectionError, VineyardObjectLostError, VineyardTimeoutError
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
@@ -96,7 +96,7 @@ def test_hung_vineyardd_fails_a_call_on_a_connected_client_within_the_timeout(st
         os.kill(pid, signal.SIGCONT)
     # The timed-out client is dead; the hook replaces it and the value is intact.
     assert Backend.deserialize_value(_Row(ref)).sum() == sum(range(1000))
-    Backend.purge(_Row(ref))
+    Backend.purge(own_row(ref))
     assert_empty(store)
 
 
@@ -107,6 +107,7 @@ def test_hung_vineyardd_between_producer_and_consumer(dagbag, store, runtime, mo
     from airflow.utils.session import create_session
 
     monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")
+    monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FAILED_FOR", "0")  # this run fails: release it too
     dag = dagbag.get_dag("fa_hang")
     dr = dag.test(run_conf={"runtime_dir": str(runtime)})
     assert task_states(dr) == {
@@ -161,7 +162,7 @@ def test_connection_broken_mid_transfer_is_named_and_the_retry_succeeds(store):
     store.start("256Mi")
     ref = Backend.serialize_value(frame, **SCOPE)
     pd.testing.assert_frame_equal(Backend.deserialize_value(_Row(ref)), frame)
-    Backend.purge(_Row(ref))
+    Backend.purge(own_row(ref))
     assert_empty(store)
 
 

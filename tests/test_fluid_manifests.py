@@ -1,89 +1,38 @@
-"""Manifest builders: every option validates against the real Fluid CRD schemas; bad input is refused."""
+"""Manifest builders: their shape, and bad input refused. That every option is accepted by the real API
+server with Fluid v1.0.8's CRDs: tests/test_k8s_manifests.py."""
 
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 
 import pytest
-from k8s_double_schema import CRD_DIR, RESOURCES, admit
+from manifest_cases import RUNTIMES
 
 from fluid_airflow.exceptions import FluidSpecError
 from fluid_airflow.fluid import manifests
 
-AFFINITY = {
-    "required": {
-        "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cache"]}]}]
-    }
-}
-TOLERATIONS = [{"key": "dedicated", "operator": "Equal", "value": "cache", "effect": "NoSchedule"}]
-RESOURCES_SPEC = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
-
-DATASETS = {
-    "minimal": {},
-    "everything": {
-        "access_modes": ["ReadOnlyMany", "ReadWriteMany"],
-        "placement": "Shared",
-        "node_affinity": AFFINITY,
-        "tolerations": TOLERATIONS,
-        "labels": {"team": "ml"},
-        "annotations": {"owner": "data"},
-    },
-}
-RUNTIMES = {
-    "minimal": {},
-    "seed": {"replicas": 2, "cache_capacity": "30Gi", "cache_medium": "MEM"},
-    "ssd": {
-        "cache_medium": "SSD",
-        "tier_path": "/mnt/ssd",
-        "volume_type": "hostPath",
-        "cache_capacity": "1Ti",
-    },
-    "everything": {
-        "replicas": 3,
-        "cache_capacity": "1536Mi",
-        "master": {
-            "replicas": 1,
-            "image": "registry.example/etcd",
-            "imageTag": "3.5",
-            "resources": RESOURCES_SPEC,
-        },
-        "worker": {
-            "options": {"vineyardd.reserve.memory": "true"},
-            "resources": RESOURCES_SPEC,
-            "nodeSelector": {"pool": "cache"},
-        },
-        "fuse": {"cleanPolicy": "OnDemand", "options": {"size": "0"}},
-        "network_mode": "ContainerNetwork",
-        "pod_metadata": {"labels": {"team": "ml"}, "annotations": {"note": "x"}},
-    },
-}
-
-
-def validate(plural: str, manifest: dict) -> list[str]:
-    """Admit as the test double does (prune, default, validate against the CRD); return pruned fields."""
-    warnings: list[str] = []
-    admit(RESOURCES[plural], copy.deepcopy(manifest), CRD_DIR, {}, warnings)
-    return warnings
-
-
-@pytest.mark.parametrize("name", list(DATASETS))
-def test_dataset_manifests_validate_against_the_crd(name):
-    manifest = manifests.build_dataset("flights", "team-a", **DATASETS[name])
-    assert validate("datasets", manifest) == []  # no field the CRD would drop
-
-
-@pytest.mark.parametrize("name", list(RUNTIMES))
-def test_runtime_manifests_validate_against_the_crd(name):
-    manifest = manifests.build_vineyard_runtime("flights", "team-a", **RUNTIMES[name])
-    assert validate("vineyardruntimes", manifest) == []
-
 
 def test_seed_runtime_shape():
     spec = manifests.build_vineyard_runtime("flights", "team-a", **RUNTIMES["seed"])["spec"]
+    version = importlib.metadata.version("vineyard")
     assert spec == {
         "replicas": 2,
         "tieredstore": {"levels": [{"mediumtype": "MEM", "quota": "30Gi", "volumeType": "emptyDir"}]},
+        "worker": {"image": "ghcr.io/v6d-io/v6d/vineyardd", "imageTag": f"alpine-v{version}"},
+        "fuse": {"image": "ghcr.io/v6d-io/v6d/vineyard-fluid-fuse", "imageTag": f"v{version}"},
     }
+
+
+def test_images_match_the_client_unless_chosen():
+    """Defect 8: worker and fuse get the client version (Fluid defaults to v0.22.2); a chosen image wins."""
+    assert manifests.vineyard_images("0.24.2") == {
+        "worker": {"image": "ghcr.io/v6d-io/v6d/vineyardd", "imageTag": "alpine-v0.24.2"},
+        "fuse": {"image": "ghcr.io/v6d-io/v6d/vineyard-fluid-fuse", "imageTag": "v0.24.2"},
+    }
+    spec = manifests.build_vineyard_runtime("flights", "team-a", **RUNTIMES["everything"])["spec"]
+    assert spec["worker"]["image"] == "registry.example/vineyardd" and "imageTag" not in spec["worker"]
+    assert spec["fuse"]["imageTag"].startswith("v") and spec["master"]["image"] == "registry.example/etcd"
 
 
 @pytest.mark.parametrize(
@@ -93,9 +42,15 @@ def test_seed_runtime_shape():
         ({"replicas": True}, "replicas"),
         ({"cache_capacity": "30GB"}, "Kubernetes quantity"),
         ({"cache_capacity": "0"}, "positive"),
-        ({"cache_medium": "NVME"}, "cache medium"),
-        ({"cache_medium": "SSD"}, "tier_path"),
+        ({"cache_medium": "NVME"}, "cache_medium 'NVME'"),
+        ({"cache_medium": "SSD", "tier_path": "/mnt/ssd"}, "requires a MEM tiered-store level"),
+        ({"cache_medium": "HDD", "tier_path": "/mnt/hdd"}, "Set cache_medium='MEM'"),
+        ({"tier_path": "/mnt/ssd"}, "tier_path '/mnt/ssd' has no effect"),
         ({"network_mode": "Bridge"}, "network mode"),
+        ({"worker": {"options": {"etcd.prefix": "/x"}}}, r"worker\.options .* would have no effect"),
+        ({"master": {"options": {"a": "b"}}}, r"master\.options .* would have no effect"),
+        ({"worker": {"resources": {"requests": {"memory": "6Gi"}}}}, r"requests\.memory '6Gi'.*string comp"),
+        ({"worker": {"resources": {"limits": {"memory": "8Gi"}}}}, r"limits\.memory '8Gi'.*cache_capacity"),
     ],
 )
 def test_bad_runtime_input_is_refused(kwargs, fragment):
@@ -110,12 +65,18 @@ def test_bad_runtime_input_is_refused(kwargs, fragment):
         ("1flights", "team-a", "DNS-1035"),
         ("flights_2013", "team-a", "DNS-1035"),
         ("flights", "Team_A", "DNS-1123"),
-        ("f" * 30, "n" * 20, "Shorten the Dataset name or namespace by 3 characters"),
+        ("f" * 30, "n" * 21, "'fluid.io/s-n{21}-f{30}' has 63, so Fluid would key it by the Dataset's UID"),
+        ("f" * 31, "n" * 21, "Shorten the Dataset name or namespace by 2 characters"),
     ],
 )
 def test_bad_names_are_refused(name, namespace, fragment):
+    """The last two: Fluid v1.0.8 keys the label by UID from 63 characters on (issue 15, defect 11)."""
     with pytest.raises(FluidSpecError, match=fragment):
         manifests.build_dataset(name, namespace)
+
+
+def test_a_62_character_cache_label_key_is_kept():
+    manifests.build_dataset("f" * 30, "n" * 20)  # 'fluid.io/s-' + 20 + '-' + 30 = 62: Fluid keeps the name
 
 
 def test_longest_accepted_name_keeps_every_derived_label_valid():
@@ -131,3 +92,22 @@ def test_same_spec_ignores_server_defaults_but_not_changes():
     assert manifests.same_spec(stored, wanted)
     stored["spec"]["replicas"] = 3
     assert not manifests.same_spec(stored, wanted)
+
+
+def test_spec_comparison_allows_fluids_normalisation_only():
+    """Issue 15 defect 2: the rules of fluid_airflow.fluid.compare (real write-back: test_k8s_adopt.py)."""
+    from fluid_airflow.fluid.compare import spec_differences
+
+    wanted = manifests.build_vineyard_runtime("flights", "team-a", cache_capacity="4096Mi", network_mode="")
+    wanted["spec"]["worker"]["resources"] = {"requests": {"memory": "1Gi"}}  # as an older release wrote
+    stored = copy.deepcopy(wanted)
+    stored["spec"]["tieredstore"]["levels"][0]["quota"] = "4Gi"
+    images = manifests.vineyard_images()
+    stored["spec"]["worker"] = {**images["worker"], "resources": {"requests": {"memory": "4596Mi"}}}  # +500Mi
+    del stored["spec"]["master"]  # networkMode "" dropped
+    stored["spec"]["fuse"] = images["fuse"]
+    assert spec_differences(stored, wanted) == []
+    stored["spec"]["worker"]["resources"]["requests"]["memory"] = "5Gi"
+    assert spec_differences(stored, wanted) == ["spec.worker.resources.requests.memory"]
+    stored["spec"]["tieredstore"]["levels"][0]["quota"] = "4097Mi"
+    assert "spec.tieredstore.levels[0].quota" in spec_differences(stored, wanted)

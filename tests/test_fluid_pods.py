@@ -1,9 +1,9 @@
 """Task pods that hold the data: pure pod builders (fluid_airflow.fluid.pods) and FluidPodOperator.
 
 Every built pod is validated against the Kubernetes 1.30 OpenAPI schemas (kubernetes_validate,
-strict), as the Kubernetes API test double validates pods. Non-dry builds run against the double
-(tests/k8s_double.py), whose simulated Fluid creates PVC ``<dataset>`` with the ``fluid.io/s-…``
-label once the Dataset is Bound (UID key for long names, fluid.md 5.1).
+strict). No API server here: builds that read Fluid's PVC run on the real control plane
+(tests/test_k8s_pod_operator.py); refusals here happen before any request (the ``offline``
+kubeconfig's server is a closed port).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 
 import kubernetes_validate
 import pytest
-from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 from structlog.testing import capture_logs
@@ -23,7 +22,7 @@ from fluid_airflow.vineyard.reference import VineyardReference
 
 CONN = "fluid_pods_test"
 MB = 1_000_000
-KUBE_VERSION = "1.30"  # the schemas the API test double validates pods with
+KUBE_VERSION = "1.30"  # the Pod schema every built pod must satisfy
 LONG_NS = "team-analytics-production"  # with LONG_DS: fluid.io/s-<ns>-<ds> is 63 chars -> UID key
 LONG_DS = "flights-2013-cleaned-cache"
 
@@ -214,40 +213,44 @@ def test_data_affinity_refuses_bad_mode_and_key():
             pods.data_affinity(base_pod(), key, "preferred")
 
 
-def test_object_affinity_weights_by_bytes_per_host():
+NODES = {"10.0.0.1": "node-a", "10.0.0.2": "node-b", "10.0.0.3": "node-a"}  # vineyardd host -> node
+
+
+def field(node: str) -> dict:
+    return {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+
+
+def test_object_affinity_weights_by_bytes_per_node():
+    """A reference's host is its vineyardd's pod IP (issue 15 defect 1): terms select the node by name."""
     refs = [
-        ref("node-a", 200 * MB),
-        ref("node-b", 100 * MB),
-        VineyardReference.from_json(ref("node-a", 100 * MB)),
+        ref("10.0.0.1", 200 * MB),
+        ref("10.0.0.2", 100 * MB),
+        VineyardReference.from_json(ref("10.0.0.3", 100 * MB)),  # another IP of node-a
     ]
-    assert pods.host_bytes(refs) == {"node-a": 300 * MB, "node-b": 100 * MB}
-    body = valid(pods.object_affinity(base_pod(affinity=user_affinity()), refs))
+    assert pods.host_bytes(refs) == {"10.0.0.1": 200 * MB, "10.0.0.2": 100 * MB, "10.0.0.3": 100 * MB}
+    assert pods.node_bytes(refs, NODES) == {"node-a": 300 * MB, "node-b": 100 * MB}
+    body = valid(pods.object_affinity(base_pod(affinity=user_affinity()), refs, NODES))
     preferred = terms(body)["preferredDuringSchedulingIgnoredDuringExecution"]
-    host = "kubernetes.io/hostname"
     assert preferred[1:] == [
-        {
-            "weight": 75,
-            "preference": {"matchExpressions": [{"key": host, "operator": "In", "values": ["node-a"]}]},
-        },
-        {
-            "weight": 25,
-            "preference": {"matchExpressions": [{"key": host, "operator": "In", "values": ["node-b"]}]},
-        },
+        {"weight": 75, "preference": field("node-a")},
+        {"weight": 25, "preference": field("node-b")},
     ]
     assert preferred[0]["weight"] == 10  # the user's term comes first, unchanged
 
 
 def test_object_affinity_edge_cases():
-    assert pods.host_weights([ref("a", 999 * MB), ref("b", 1)]) == {"a": 100, "b": 1}  # never 0
-    assert pods.host_weights([ref("a", 3), ref("b", 1)], max_weight=40) == {"a": 30, "b": 10}
-    assert pods.host_weights([ref("a", 0), ref("b", 0)]) == {"a": 50, "b": 50}
-    assert pods.host_weights(ref("a", 5)) == {"a": 100}  # a single reference
-    assert pods.host_weights([ref("", 5), ref("bad host!", 5)]) == {}  # no usable host
+    nodes = {"a": "n-a", "b": "n-b"}
+    assert pods.node_weights([ref("a", 999 * MB), ref("b", 1)], nodes) == {"n-a": 100, "n-b": 1}  # never 0
+    assert pods.node_weights([ref("a", 3), ref("b", 1)], nodes, max_weight=40) == {"n-a": 30, "n-b": 10}
+    assert pods.node_weights([ref("a", 0), ref("b", 0)], nodes) == {"n-a": 50, "n-b": 50}
+    assert pods.node_weights(ref("a", 5), nodes) == {"n-a": 100}  # a single reference
+    assert pods.node_weights([ref("", 5), ref("c", 5)], nodes) == {}  # no host, or one on no worker
+    assert pods.node_weights([ref("a", 5)], nodes, located={"b": 7, "z": 3}) == {"n-b": 100}
     tree = {"__vineyard_tree__": 1, "value": {"list": [{"ref": {"__vineyard_ref__": 1, "bytes": 9}}]}}
-    assert pods.host_weights([tree]) == {}  # compact tree references carry no host
+    assert pods.node_weights([tree], nodes) == {}  # compact tree references carry no host
     pod = base_pod()
-    for refs in ([], None, [ref("", 5)], tree):
-        assert valid(pods.object_affinity(pod, refs)) == valid(pod)
+    for refs in ([], None, [ref("", 5)], [ref("c", 5)], tree):
+        assert valid(pods.object_affinity(pod, refs, nodes)) == valid(pod)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +266,7 @@ def test_object_affinity_edge_cases():
 )
 def test_object_affinity_refuses_bad_input(refs, kwargs, fragment):
     with pytest.raises(errors.FluidSpecError, match=fragment):
-        pods.object_affinity(base_pod(), refs, **kwargs)
+        pods.object_affinity(base_pod(), refs, {"a": "n-a"}, **kwargs)
 
 
 def test_cache_label_key_from_pvc_labels():
@@ -320,7 +323,7 @@ def test_operator_dry_run_pod_shape():
     assert not none["spec"].get("affinity")  # KPO's empty V1Affinity
 
 
-def test_operator_dry_run_keeps_kpo_args_and_adds_object_affinity():
+def test_operator_dry_run_keeps_kpo_args_without_object_affinity():
     op = make_op(
         dataset_namespace="ml",
         affinity=user_affinity(),
@@ -344,11 +347,11 @@ def test_operator_dry_run_keeps_kpo_args_and_adds_object_affinity():
     assert len(node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]) == 2
     weights = [(t["weight"], t["preference"]["matchExpressions"][0]["key"]) for t in
                node["preferredDuringSchedulingIgnoredDuringExecution"]]  # fmt: skip
-    assert weights == [(10, "disk"), (100, "fluid.io/s-ml-flights"), (75, "kubernetes.io/hostname"),
-                       (25, "kubernetes.io/hostname")]  # fmt: skip
+    # a dry run reads no worker pods, so no vineyardd host maps to a node (a pod IP is no node name)
+    assert weights == [(10, "disk"), (100, "fluid.io/s-ml-flights")]
 
 
-def test_operator_refuses_bad_input_before_any_request(fluid_conn):
+def test_operator_refuses_bad_input_before_any_request(offline):
     with pytest.raises(errors.FluidSpecError, match="data_affinity 'always'"):
         make_op(data_affinity="always")
     with pytest.raises(errors.FluidSpecError, match="DNS-1035"):
@@ -356,11 +359,10 @@ def test_operator_refuses_bad_input_before_any_request(fluid_conn):
     with pytest.raises(errors.FluidSpecError, match="a pod can only mount the PVC"):
         make_op(namespace="a", dataset_namespace="b").build_pod_request_obj(dry_run=True)
     with pytest.raises(errors.FluidSpecError, match="not a Vineyard XCom reference"):
-        make_op(namespace="default", input_refs=[42]).build_pod_request_obj(dry_run=True)
-    assert fluid_conn.requests == []
+        make_op(namespace="default", input_refs=[42], config_file=str(offline)).build_pod_request_obj()
 
 
-def test_operator_namespace_defaults(fluid_conn, monkeypatch):
+def test_operator_namespace_defaults(offline, monkeypatch):
     extra = {"namespace": "ml"}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "fluid", "extra": extra}))
     body = valid(make_op().build_pod_request_obj(dry_run=True))  # no namespace: the fluid connection's
@@ -373,7 +375,6 @@ def test_operator_namespace_defaults(fluid_conn, monkeypatch):
     monkeypatch.delenv(f"AIRFLOW_CONN_{CONN.upper()}")
     body = valid(make_op().build_pod_request_obj(dry_run=True))  # dry run, no connection: KPO's choice
     assert body["metadata"]["namespace"] == "default"
-    assert fluid_conn.requests == []
 
 
 def test_operator_dry_run_long_names_skips_data_affinity():
@@ -384,96 +385,29 @@ def test_operator_dry_run_long_names_skips_data_affinity():
     assert body["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": LONG_DS}
 
 
-# -- against the Kubernetes API test double --------------------------------------------------------------
+# -- no API server: what must fail before any request ------------------------------------------------------
 @pytest.fixture
-def fluid_conn(kube_double, kube_double_config, monkeypatch):  # noqa: F811
-    connect_airflow(monkeypatch, kube_double_config, CONN)
-    return kube_double
+def offline(tmp_path, monkeypatch):
+    """A kubeconfig whose API server is a closed port (any request fails with connection refused), for KPO's
+    own hook and for the fluid connection. Builds against a real API server: test_k8s_pod_operator.py."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "offline",
+        "clusters": [{"name": "offline", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "offline", "user": {"token": "none"}}],
+        "contexts": [{"name": "offline", "context": {"cluster": "offline", "user": "offline"}}],
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    extra = {"kube_config_path": str(path), "namespace": "default"}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "fluid", "extra": extra}))
+    return path
 
 
-@pytest.fixture
-def api(kube_double_config):  # noqa: F811
-    from kubernetes import config
-
-    client = config.new_client_from_config(config_file=str(kube_double_config))
-    yield client
-    client.close()
-
-
-def create_dataset(api_client, namespace: str, name: str) -> None:
-    """Dataset + VineyardRuntime created through the API (no name-length check, unlike our operators)."""
-    from kubernetes import client
-
-    custom = client.CustomObjectsApi(api_client)
-    meta = {"name": name, "namespace": namespace}
-    dataset = {"apiVersion": "data.fluid.io/v1alpha1", "kind": "Dataset", "metadata": meta,
-               "spec": {"accessModes": ["ReadWriteMany"]}}  # fmt: skip
-    levels = [{"mediumtype": "MEM", "quota": "1Gi"}]
-    runtime = {"apiVersion": "data.fluid.io/v1alpha1", "kind": "VineyardRuntime", "metadata": meta,
-               "spec": {"replicas": 2, "tieredstore": {"levels": levels}}}  # fmt: skip
-    custom.create_namespaced_custom_object("data.fluid.io", "v1alpha1", namespace, "datasets", dataset)
-    custom.create_namespaced_custom_object(
-        "data.fluid.io", "v1alpha1", namespace, "vineyardruntimes", runtime
-    )
-
-
-def test_operator_reads_the_pvc_key_and_its_pod_is_accepted(fluid_conn, api, kube_double_config):  # noqa: F811
-    from kubernetes import client
-
-    create_dataset(api, "default", "flights")
-    op = make_op(config_file=str(kube_double_config), data_affinity="required")
-    pod = op.build_pod_request_obj()
-    body = valid(pod)
-    assert body["metadata"]["namespace"] == "default"  # from the fluid connection
-    assert terms(body)["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [
-        {"matchExpressions": [EXPR]}
-    ]
-    assert ("GET", "/api/v1/namespaces/default/persistentvolumeclaims/flights", 200) in [
-        (r.method, r.path, r.status) for r in fluid_conn.requests
-    ]
-    core = client.CoreV1Api(api)
-    core.create_namespaced_pod("default", body)  # the double validates it strictly, like the API server
-    listed = core.list_namespaced_pod("default", label_selector="fluid-airflow/dataset=flights").items
-    assert [p.metadata.name for p in listed] == [pod.metadata.name]
-    from fluid_airflow.hooks.fluid import FluidHook
-
-    assert [p["metadata"]["name"] for p in FluidHook(CONN).pods_using_claim("default", "flights")] == [
-        pod.metadata.name
-    ]
-
-
-def test_operator_uses_the_uid_key_for_long_names(fluid_conn, api, kube_double_config):  # noqa: F811
-    create_dataset(api, LONG_NS, LONG_DS)
-    documented = f"fluid.io/s-{LONG_NS}-{LONG_DS}"
-    assert len(documented) == 63  # Fluid switches to the UID key from 63 characters on
-    uid = fluid_conn.get_stored("datasets", LONG_NS, LONG_DS)["metadata"]["uid"]
-    op = make_op(dataset_name=LONG_DS, namespace=LONG_NS, config_file=str(kube_double_config))
-    body = valid(op.build_pod_request_obj())
-    preferred = terms(body)["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert preferred == [{"weight": 100, "preference": {"matchExpressions": [
-        {"key": f"fluid.io/s-{uid}", "operator": "In", "values": ["true"]}]}}]  # fmt: skip
-    assert body["metadata"]["namespace"] == LONG_NS
-
-
-def test_operator_without_pvc(fluid_conn, kube_double_config):  # noqa: F811
-    op = make_op(config_file=str(kube_double_config))
-    with capture_logs() as logs:
-        body = valid(op.build_pod_request_obj())
-    assert any("not Bound yet" in entry["event"] and entry["log_level"] == "warning" for entry in logs)
-    assert terms(body)["preferredDuringSchedulingIgnoredDuringExecution"][0]["preference"] == {
-        "matchExpressions": [EXPR]
-    }
-    with pytest.raises(errors.FluidSpecError, match="Dataset UID"):
-        make_op(
-            dataset_name=LONG_DS, namespace=LONG_NS, config_file=str(kube_double_config)
-        ).build_pod_request_obj()
-
-
-def test_operator_refuses_the_local_backend(kube_double_config, monkeypatch):  # noqa: F811
+def test_operator_refuses_the_local_backend(offline, monkeypatch):
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{CONN.upper()}", json.dumps({"conn_type": "fluid", "extra": {"backend": "local"}})
     )
-    op = make_op(namespace="default", config_file=str(kube_double_config))  # KPO's own hook needs one
+    op = make_op(namespace="default", config_file=str(offline))  # KPO's own hook needs one
     with pytest.raises(errors.FluidSpecError, match="local backend"):
         op.build_pod_request_obj()
 
@@ -524,6 +458,5 @@ def test_templated_fields_render_before_the_pod_is_built():
         "value": "2026-07-01",
     } in base["env"]
     assert body["spec"]["volumes"][-1]["persistentVolumeClaim"] == {"claimName": "flights"}
-    preferred = terms(body)["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert preferred[-1]["weight"] == 100
-    assert preferred[-1]["preference"]["matchExpressions"][0]["values"] == ["node-a"]
+    # the rendered reference is what object affinity weighs (a dry run maps no host to a node)
+    assert pods.node_weights(op.input_refs, {"node-a": "worker-node"}) == {"worker-node": 100}

@@ -44,7 +44,7 @@ def test_config_without_local_worker_falls_back_to_rpc(clean_env, tmp_path):
     config = tmp_path / "vineyard-config.yaml"
     config.write_text("Vineyard:\n  IPCSocket: vineyard-worker.sock\n  RPCEndpoint: w-0:9600,w-1:9600\n")
     clean_env.setenv("VINEYARD_CONFIG", str(config))
-    assert runner.endpoint() == ("rpc", "w-0:9600")
+    assert runner.endpoint() == ("rpc", "w-0:9600,w-1:9600")  # connect() tries each in order
 
 
 def test_config_with_neither_is_refused(clean_env, tmp_path):
@@ -68,3 +68,58 @@ def test_main_exits_3_with_the_preflight_message(clean_env, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "preflight failed for Dataset (unknown): node node-7" in err and "Is the Dataset bound" in err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_runner_environment_lets_the_runner_import_airflow_under_the_supervisor():
+    """The task supervisor's environment (DB blocked, server context) kills a fresh interpreter
+    that imports Airflow; the runner's environment must not."""
+    import subprocess
+    import sys
+
+    from fluid_airflow.decorators.fluid import runner_environment
+
+    supervised = {
+        **os.environ,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow-db-not-allowed:///",
+        "_AIRFLOW_PROCESS_CONTEXT": "server",
+    }
+    probe = [sys.executable, "-c", "import airflow.sdk.serde, fluid_airflow.vineyard.xcom; print('ok')"]
+    broken = subprocess.run(probe, env=supervised, capture_output=True, text=True, timeout=120)
+    assert broken.returncode != 0 and "Could not parse SQLAlchemy URL" in broken.stderr  # the defect
+    env = runner_environment(supervised)
+    assert "_AIRFLOW_PROCESS_CONTEXT" not in env and env["PYTHONUNBUFFERED"] == "1"
+    fixed = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 0 and fixed.stdout.strip() == "ok", fixed.stderr
+
+
+@pytest.fixture
+def rpc_vineyardd(runtime, free_tcp_port):
+    """A vineyardd serving RPC on a free port (vineyardd binds it on every interface: test data only)."""
+    from fluid_airflow.vineyard.daemon import LocalVineyardd
+
+    daemon = LocalVineyardd(runtime)
+    daemon.start("64Mi", rpc_port=free_tcp_port, allow_public_rpc=True)
+    try:
+        yield free_tcp_port
+    finally:
+        daemon.stop()
+
+
+def test_rpc_fallback_tries_every_endpoint(clean_env, rpc_vineyardd, tmp_path):
+    """Issue 15 defect 9: as vineyard's own client, the runner tries each RPCEndpoint in order (here the first
+    refuses) and uses the first that answers."""
+    config = tmp_path / "vineyard-config.yaml"
+    endpoints = f"127.0.0.1:1, 127.0.0.1:{rpc_vineyardd}"
+    config.write_text(f"Vineyard:\n  IPCSocket: vineyard-worker.sock\n  RPCEndpoint: '{endpoints}'\n")
+    clean_env.setenv("VINEYARD_CONFIG", str(config))
+    client = runner.connect()
+    assert client.status.instance_id == 0 and client.rpc_endpoint.endswith(f":{rpc_vineyardd}")
+
+
+def test_rpc_fallback_names_every_endpoint_when_none_answers(clean_env, tmp_path):
+    config = tmp_path / "vineyard-config.yaml"
+    config.write_text("Vineyard:\n  RPCEndpoint: 127.0.0.1:1,127.0.0.1:2\n")
+    clean_env.setenv("VINEYARD_CONFIG", str(config))
+    with pytest.raises(runner.PreflightError, match="node node-7: vineyardd does not answer at") as failed:
+        runner.connect()
+    assert "rpc 127.0.0.1:1: " in str(failed.value) and "rpc 127.0.0.1:2: " in str(failed.value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fluid_airflow.fluid.status import FAILED, PENDING, READY, evaluate
+from datetime import UTC, datetime, timedelta
+
+from fluid_airflow.fluid.status import FAILED, PENDING, READY, TRANSIENT_GRACE, evaluate
 
 
 def dataset(phase="Bound", deleting=False, conditions=None):
@@ -52,9 +54,26 @@ def test_not_bound_is_pending_and_names_conditions_and_pending_pods():
 def test_failed_dataset_or_hopeless_pod_is_failed():
     assert evaluate(dataset("Failed"), runtime(), []).state == FAILED
     verdict = evaluate(
-        dataset("NotBound"), runtime(ready=0), [pod("ds-worker-0", "Pending", "ImagePullBackOff")]
+        dataset("NotBound"), runtime(ready=0), [pod("ds-worker-0", "Pending", "InvalidImageName")]
     )
-    assert verdict.state == FAILED and "ds-worker-0 ImagePullBackOff" in verdict.message
+    assert verdict.state == FAILED and "ds-worker-0 InvalidImageName" in verdict.message
+
+
+def test_transient_worker_states_fail_only_after_the_grace():
+    """CrashLoopBackOff and image pull errors are pending for TRANSIENT_GRACE seconds after the pod
+    stopped being Ready, then failed with the fix."""
+    since = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    not_ready = [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-12-04T12:00:00Z"}]
+    for reason in ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff"):
+        worker = pod("ds-worker-0", "Running", reason, conditions=not_ready)
+        early = evaluate(dataset("NotBound"), runtime(ready=0), [worker], now=since + timedelta(seconds=299))
+        assert (
+            early.state == PENDING
+            and f"ds-worker-0 {reason}: back-off (for 299 s, transient" in early.message
+        )
+        late = evaluate(dataset("NotBound"), runtime(ready=0), [worker], now=since + timedelta(seconds=300))
+        assert late.state == FAILED and "past the 300 s grace" in late.message, late.message
+    assert TRANSIENT_GRACE == 300
 
 
 def test_missing_or_deleting_dataset_is_failed_and_missing_runtime_pending():

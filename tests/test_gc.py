@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import xcom_rows
+from conftest import delete_xcom, xcom_rows
 
 from fluid_airflow.vineyard import gc
 from fluid_airflow.vineyard.naming import split_xcom_object_name, xcom_object_name
@@ -68,25 +68,6 @@ def refs_by_row(dag_run) -> dict[tuple[str, int, str], list[dict]]:
         elif is_tree(row.value):
             out[(row.task_id, row.map_index, row.key)] = tree_refs(row.value)
     return out
-
-
-def delete_xcom(dag_run, task_id: str, key: str, map_index: int = -1) -> None:
-    """Delete one XCom row the way the UI/REST API does: in the DB only, no backend purge."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import delete
-
-    with create_session() as session:
-        deleted = session.execute(
-            delete(XComModel).where(
-                XComModel.dag_id == dag_run.dag_id,
-                XComModel.run_id == dag_run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.map_index == map_index,
-                XComModel.key == key,
-            )
-        ).rowcount
-    assert deleted == 1
 
 
 def delete_run(dag_run) -> None:
@@ -404,3 +385,38 @@ def test_cli_reports_an_unreachable_vineyardd_in_one_paragraph(airflow_db, prefi
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("fluid-airflow gc: error: ")
     assert "/nonexistent/vineyard.sock" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_delete_named_keeps_a_name_repointed_to_a_new_object(vineyard_client, prefix):
+    """Release and gc list names, then delete: a retried task may repoint a name in between."""
+    import numpy as np
+
+    from fluid_airflow.vineyard.release import delete_named
+
+    name = xcom_object_name(prefix=prefix, dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")
+    old = vineyard_client.put(np.zeros(1000))
+    new = vineyard_client.put(np.ones(1000))
+    for object_id in (old, new):
+        vineyard_client.persist(object_id)
+    vineyard_client.put_name(new, name)  # listed as `old`; since then repointed to `new`
+    delete_named(vineyard_client, name, old)
+    assert not exists(vineyard_client, old)
+    assert vineyard_client.get_name(name) == new and exists(vineyard_client, new)
+    delete_named(vineyard_client, name, new)
+    assert objects(vineyard_client, prefix) == {} and not exists(vineyard_client, new)
+
+
+def test_release_run_releases_nothing_when_the_run_ran_again_since(vineyard_client, prefix):
+    import numpy as np
+
+    from fluid_airflow.vineyard.release import release_run, run_objects
+
+    name = xcom_object_name(prefix=prefix, dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")
+    object_id = vineyard_client.put(np.zeros(1000))
+    vineyard_client.persist(object_id)
+    vineyard_client.put_name(object_id, name)
+    report = release_run(vineyard_client, "d", "r", still_ended=lambda: False)
+    assert report.skipped and report.objects == 0
+    assert run_objects(vineyard_client, "d", "r") == {name: object_id} and exists(vineyard_client, object_id)
+    assert release_run(vineyard_client, "d", "r", still_ended=lambda: True).names == [name]
+    assert run_objects(vineyard_client, "d", "r") == {} and not exists(vineyard_client, object_id)

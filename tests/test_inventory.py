@@ -3,7 +3,7 @@ operator link to the page. (The page itself runs end to end in test_ui_e2e.py.)"
 
 from __future__ import annotations
 
-from test_gc import delete_xcom
+from conftest import delete_xcom
 
 from fluid_airflow.vineyard import inventory
 

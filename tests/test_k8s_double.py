@@ -1,7 +1,7 @@
 """The Kubernetes API test double itself, driven through the real ``kubernetes`` client.
 
 These tests pin the double's API behaviour (errors, metadata, status subresource, selectors, validation) and
-its Fluid simulation (notes fluid.md §2, §3, §5.1, §7), so that tests of our code against it mean something.
+its Fluid simulation (docs/design.md §16, §17, §19, §20), so that tests of our code against it mean something.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Dataset and prefers the nodes holding the inputs. Unlike it:
   reference comes back through the XCom sidecar. The worker never holds a payload;
 - arguments travel as JSON (Airflow serde), not pickle;
 - on the local backend (a ``fluid`` connection with ``backend: local``) the same runner runs in
-  a local subprocess against the Dataset's local vineyardd, so a DAG runs unchanged on a laptop.
+  a fork of the task process against the Dataset's local vineyardd
+  (:mod:`fluid_airflow.decorators.local_run`), so a DAG runs unchanged on a laptop.
 
 The pod image must have ``fluid-airflow`` installed (it brings vineyard, numpy, pandas, pyarrow).
 """
@@ -18,10 +19,10 @@ The pod image must have ``fluid-airflow`` installed (it brings vineyard, numpy, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-import subprocess
-import sys
+import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,22 @@ from fluid_airflow import exceptions as errors
 from fluid_airflow.operators.pod import FluidPodOperator
 
 SPEC_ENV = "__FLUID_TASK_SPEC"
+# KPO options that shape what the function sees (files, environment, the pod itself): a local
+# process cannot honour them, so the local backend refuses them instead of ignoring them.
+POD_ONLY_OPTIONS = (
+    "volumes",
+    "volume_mounts",
+    "secrets",
+    "configmaps",
+    "env_from",
+    "init_containers",
+    "pod_template_file",
+    "pod_template_dict",
+    "full_pod_spec",
+)
+# Placement and image options: meaningless for a local process but harmless (a DAG written for a
+# cluster runs unchanged on a laptop), so they are only logged.
+PLACEMENT_OPTIONS = ("image", "node_selector", "affinity", "tolerations", "container_resources")
 XCOM_RETURN = "/airflow/xcom/return.json"
 
 
@@ -69,7 +86,7 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
         )
         kwargs.setdefault("do_xcom_push", True)
         super().__init__(namespace=namespace, name=name, cmds=["placeholder-command"], **kwargs)
-        self._local_process: subprocess.Popen[bytes] | None = None
+        self._local_pid: int | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         from fluid_airflow.vineyard.xcom import references_only
@@ -100,6 +117,7 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
                 "map_index": ti.map_index,
             },
             "multiple_outputs": bool(self.multiple_outputs),
+            "store": bool(self.do_xcom_push),  # do_xcom_push=False: the runner stores nothing
             "dataset": f"{self.dataset_namespace or '(connection namespace)'}/{self.dataset_name}",
         }
 
@@ -126,34 +144,84 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
         current = convert_env_vars_or_raise_error(self.env_vars) if self.env_vars else []
         self.env_vars = [*current, k8s.V1EnvVar(name=SPEC_ENV, value=encoded)]
         self.cmds = ["python", "-m", "fluid_airflow.decorators.runner", "--spec-env", SPEC_ENV]
-        self.arguments = ["--output", XCOM_RETURN]
-        return _from_runner(super().execute(context), bool(self.multiple_outputs))
+        # Without do_xcom_push KPO adds no XCom sidecar (so no /airflow/xcom volume): the runner then
+        # gets no --output and stores nothing (cncf-kubernetes 10.25 operators/pod.py build_pod_request_obj).
+        self.arguments = ["--output", XCOM_RETURN] if self.do_xcom_push else []
+        return super().execute(context)  # the value comes from extract_xcom, sync or deferrable
+
+    def extract_xcom(self, pod: Any, *, ignore_kill_failure: bool = True) -> Any:
+        """The runner's output read from the XCom sidecar, as the value the task returns.
+
+        KPO reads the sidecar here on both of its paths: ``execute_sync`` and, when deferrable,
+        ``trigger_reentry`` after the trigger fired; both return (or, on failure, push) what this
+        returns (cncf-kubernetes 10.25 ``operators/pod.py``). Decoding here, and only here, gives a
+        deferrable task the value a non-deferrable one returns.
+        """
+        value = super().extract_xcom(pod, ignore_kill_failure=ignore_kill_failure)
+        return None if value is None else _from_runner(value, bool(self.multiple_outputs))
+
+    def _check_local_options(self) -> None:
+        """:raises FluidSpecError: a pod-only option is set (see :data:`POD_ONLY_OPTIONS`)."""
+        given = [name for name in POD_ONLY_OPTIONS if getattr(self, name, None)]
+        if given:
+            raise errors.FluidSpecError(
+                f"@task.fluid {self.task_id!r}: {', '.join(given)} need(s) the kubernetes backend (they "
+                f"shape the task's pod), but fluid connection {self.fluid_conn_id!r} uses the local backend, "
+                "where the function runs as a local process that would not see them. Remove them for local "
+                "runs (env_vars works on both backends), or use a fluid connection with backend 'kubernetes'."
+            )
+        ignored = [name for name in PLACEMENT_OPTIONS if getattr(self, name, None)]
+        if ignored or self.data_affinity != "preferred":
+            self.log.info(
+                "Local backend: %s ignored (they place and build the pod on Kubernetes)",
+                ", ".join([*ignored, *(["data_affinity"] if self.data_affinity != "preferred" else [])]),
+            )
 
     def _execute_local(self, hook: Any, spec: dict[str, Any]) -> Any:
+        self._check_local_options()
         namespace = self.dataset_namespace or hook.namespace(None)
         socket_path = hook.client.ipc_socket(namespace, self.dataset_name)
-        env = {**os.environ, **_plain_env(self.env_vars), "VINEYARD_IPC_SOCKET": socket_path}
+        env = runner_environment(
+            {**os.environ, **_plain_env(self.env_vars), "VINEYARD_IPC_SOCKET": socket_path}
+        )
+        from fluid_airflow.decorators import local_run, warm
+
+        start = local_run.run_forked if local_run.fork_supported() else local_run.run_subprocess
+        folder = hook.client.folder(namespace, self.dataset_name)
         with tempfile.TemporaryDirectory(prefix="fluid-task-") as tmp:
-            spec_file, output = Path(tmp) / "spec.json", Path(tmp) / "return.json"
-            spec_file.write_text(json.dumps(spec))
-            command = [sys.executable, "-m", "fluid_airflow.decorators.runner", "--spec", str(spec_file)]
-            self._local_process = subprocess.Popen(
-                [*command, "--output", str(output)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            out, _ = self._local_process.communicate()
-            for line in out.decode(errors="replace").splitlines():
-                self.log.info("%s", line)
-            code, self._local_process = self._local_process.returncode, None
+            output = Path(tmp) / "return.json"
+            try:
+                log = lambda line: self.log.info("%s", line)  # noqa: E731
+                code = warm.run_warm(folder, spec, env, output, log, self._started_in("the warm runner"))
+                if code is None:  # no warm runner (not started, or gone): fork this task process instead
+                    code = start(spec, env, output, log, self._started_in("a fork of this task"))
+            finally:
+                self._local_pid = None
             if code != 0:
                 raise errors.FluidAirflowError(
                     f"@task.fluid {self.task_id!r} failed in its local process (exit code {code}); "
                     "see the log above."
                 )
+            if not self.do_xcom_push:
+                return None
             return _from_runner(json.loads(output.read_text()), bool(self.multiple_outputs))
 
+    def _started_in(self, where: str) -> Callable[[int], None]:
+        def started(pid: int) -> None:
+            self._local_pid = pid
+            self.log.info(
+                "@task.fluid %r runs in local process %d, %s (killed with this task)",
+                self.task_id,
+                pid,
+                where,
+            )
+
+        return started
+
     def on_kill(self) -> None:
-        if self._local_process is not None:
-            self._local_process.kill()  # the local stand-in for deleting the pod
+        if self._local_pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.kill(self._local_pid, signal.SIGKILL)  # the local stand-in for deleting the pod
         super().on_kill()
 
 
@@ -165,14 +233,13 @@ def _from_runner(value: Any, multiple_outputs: bool) -> Any:
     from airflow.sdk.bases.xcom import BaseXCom
 
     from fluid_airflow.vineyard import tree
-    from fluid_airflow.vineyard.reference import is_reference
 
     def one(v: Any) -> Any:
-        if is_reference(v) or tree.is_tree(v):
+        if tree.is_backend_row(v):
             return v
         return BaseXCom.deserialize_value(namedtuple("R", ["value"])(v))
 
-    if multiple_outputs and isinstance(value, dict) and not (is_reference(value) or tree.is_tree(value)):
+    if multiple_outputs and isinstance(value, dict) and not tree.is_backend_row(value):
         return {k: one(v) for k, v in value.items()}
     return one(value)
 
@@ -195,6 +262,26 @@ class _FluidTaskDecorator(_TaskDecorator):
         output = super()._expand(expand_input, strict=strict)
         output.operator.__class__ = _FluidMappedOperator  # same attrs layout: adds one method only
         return output
+
+
+def runner_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment of the local runner subprocess, made from the task process's ``env``.
+
+    Under a scheduler the task runs under the Task SDK supervisor, which blocks DB access by
+    setting ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///`` in the task's
+    environment (task-sdk 1.3.2 ``execution_time/supervisor.py``, ``block_orm_access``); a fresh
+    interpreter importing ``airflow`` would then fail in ``settings.initialize()`` ->
+    ``configure_orm()`` ("Could not parse SQLAlchemy URL"). The runner needs no DB, so it is
+    started the way the standard provider starts its virtualenv scripts:
+    ``PYTHON_OPERATORS_VIRTUAL_ENV_MODE=1`` makes ``settings.initialize()`` skip the ORM
+    (airflow-core 3.3.2 ``airflow/settings.py``; providers-standard 1.21.0
+    ``utils/python_virtualenv_script.jinja2``). ``_AIRFLOW_PROCESS_CONTEXT=server`` (inherited
+    from the scheduler) is dropped so secrets are looked up without the metadata DB
+    (``ensure_secrets_backend_loaded`` in the same supervisor module). ``PYTHONUNBUFFERED=1``
+    makes the function's prints reach the task log as they happen.
+    """
+    cleaned = {k: v for k, v in env.items() if k != "_AIRFLOW_PROCESS_CONTEXT"}
+    return {**cleaned, "PYTHON_OPERATORS_VIRTUAL_ENV_MODE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _plain_env(env_vars: Any) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Run one ``@task.fluid`` callable next to the data: inside a task pod, or a local subprocess.
 
-``python -m fluid_airflow.decorators.runner (--spec FILE | --spec-env VAR) --output FILE``
+``python -m fluid_airflow.decorators.runner (--spec FILE | --spec-env VAR) [--output FILE]``
 
 The spec (JSON, Airflow serde form) holds the function source, its arguments and the XCom
 scope (DAG, run, task, map index). Arguments that are Vineyard references are resolved here,
@@ -8,11 +8,12 @@ from the Dataset's vineyardd: zero-copy over its IPC socket on a cache node, cop
 elsewhere. The return value is stored here too, and only its reference (or a small JSON value)
 is written to ``--output`` — in a pod, ``/airflow/xcom/return.json``, which the XCom sidecar
 hands back to Airflow (cncf-kubernetes ``utils/xcom_sidecar.py``). The payload never passes
-through the Airflow worker.
+through the Airflow worker. Without ``--output`` (the task's ``do_xcom_push=False``) the return
+value is discarded and nothing is stored.
 
 Endpoint (checked first, the "preflight"): ``VINEYARD_IPC_SOCKET`` (local backend), else the
 ``VINEYARD_CONFIG`` file Fluid's fuse writes under the Dataset's mount (``IPCSocket``, relative
-to the file, when present on this node; else ``RPCEndpoint``; shared notes fluid.md section 4).
+to the file, when present on this node; else ``RPCEndpoint``; docs/design.md §18).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _node() -> str:
 
 
 def endpoint() -> tuple[str, str]:
-    """``("ipc", path)`` or ``("rpc", "host:port")`` of the Dataset's vineyardd.
+    """``("ipc", path)`` or ``("rpc", "host:port[,host:port...]")`` of the Dataset's vineyardd (every
+    ``RPCEndpoint`` of the config, in its order: :func:`connect` tries each).
 
     :raises PreflightError: no socket, config file or RPC endpoint is available.
     """
@@ -69,7 +71,7 @@ def endpoint() -> tuple[str, str]:
         ipc_path = Path(ipc) if Path(ipc).is_absolute() else path.parent / ipc
         if ipc_path.exists():
             return "ipc", str(ipc_path)
-    rpc = str(section.get("RPCEndpoint") or "").split(",")[0].strip()
+    rpc = ",".join(e.strip() for e in str(section.get("RPCEndpoint") or "").split(",") if e.strip())
     if rpc:
         return "rpc", rpc
     raise PreflightError(
@@ -78,20 +80,34 @@ def endpoint() -> tuple[str, str]:
     )
 
 
+def _open(kind: str, where: str) -> tuple[Any, Any]:
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
+    hook = VineyardHook(ipc_socket=where) if kind == "ipc" else VineyardHook(rpc_endpoint=where)
+    client = hook.get_conn()
+    return client, client.status
+
+
 def connect(min_free: int = MIN_FREE_BYTES) -> Any:
     """Connect to the Dataset's vineyardd and check it has room.
 
-    :raises PreflightError: naming the node, the endpoint and the missing piece.
-    """
-    from fluid_airflow.hooks.vineyard import VineyardHook
+    Over RPC, each endpoint is tried in the config's order and the first that answers is used,
+    as vineyard's own client does with ``RPCEndpoint`` (v6d ``python/vineyard/core/client.py``,
+    ``Client.__init__``: ``for host, port in zip(hosts, ports): try _connect ... continue``).
 
-    kind, where = endpoint()
-    hook = VineyardHook(ipc_socket=where) if kind == "ipc" else VineyardHook(rpc_endpoint=where)
-    try:
-        client = hook.get_conn()
-        status = client.status
-    except Exception as exc:
-        raise PreflightError(f"node {_node()}: vineyardd at {kind} {where} does not answer: {exc}") from exc
+    :raises PreflightError: naming the node, every endpoint tried and why, or the missing room.
+    """
+    kind, endpoints = endpoint()
+    candidates = [endpoints] if kind == "ipc" else endpoints.split(",")
+    failures: list[str] = []
+    for where in candidates:
+        try:
+            client, status = _open(kind, where)
+            break
+        except Exception as exc:
+            failures.append(f"{kind} {where}: {exc}")
+    else:
+        raise PreflightError(f"node {_node()}: vineyardd does not answer at {'; '.join(failures)}")
     free = int(status.memory_limit) - int(status.memory_usage)
     if free < min_free:
         raise PreflightError(
@@ -107,10 +123,9 @@ def _resolve(value: Any) -> Any:
     from collections import namedtuple
 
     from fluid_airflow.vineyard import tree
-    from fluid_airflow.vineyard.reference import is_reference
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
 
-    if is_reference(value) or tree.is_tree(value):
+    if tree.is_backend_row(value):
         return VineyardXComBackend.deserialize_value(namedtuple("R", ["value"])(value))
     if isinstance(value, list):
         return [_resolve(v) for v in value]
@@ -121,8 +136,12 @@ def _resolve(value: Any) -> Any:
     return value
 
 
-def run(spec: dict[str, Any], client: Any) -> Any:
-    """Resolve the arguments, call the function, store the result; returns the XCom value."""
+def run(spec: dict[str, Any], client: Any, store: bool = True) -> Any:
+    """Resolve the arguments, call the function, store the result; returns the XCom value.
+
+    :param store: False (``do_xcom_push=False``): the result is discarded and None returned, so
+        no Vineyard object is made that no XCom row would ever reference (nor release).
+    """
     from airflow.sdk.serde import deserialize
 
     from fluid_airflow.vineyard.xcom import VineyardXComBackend, use_client
@@ -133,6 +152,8 @@ def run(spec: dict[str, Any], client: Any) -> Any:
     with use_client(client):
         inputs = _resolve(deserialize(spec["inputs"]))
         result = function(*inputs["args"], **inputs["kwargs"])
+        if not store:
+            return None
         if spec.get("multiple_outputs") and isinstance(result, dict):
             # Stored under each key's own XCom name: Airflow then pushes each key (the reference,
             # kept as is) and the whole dict (a tree of those references, no second copy).
@@ -151,10 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="JSON spec file")
     source.add_argument("--spec-env", help="environment variable holding the base64 JSON spec")
-    parser.add_argument("--output", required=True, help="where the XCom value (JSON) is written")
+    parser.add_argument(
+        "--output",
+        help="where the XCom value (JSON) is written; without it (do_xcom_push=False) the return value is "
+        "discarded: nothing is stored in Vineyard and no file is written",
+    )
     args = parser.parse_args(argv)
     text = Path(args.spec).read_text() if args.spec else base64.b64decode(os.environ[args.spec_env]).decode()
-    spec = json.loads(text)
+    return execute(json.loads(text), Path(args.output) if args.output else None)
+
+
+def execute(spec: dict[str, Any], output: Path | None) -> int:
+    """Preflight, run ``spec``, write the XCom value (JSON) to ``output``; returns 0, or 3 when
+    the preflight fails (message on stderr, no output file). Used by :func:`main` in a pod or a
+    fresh interpreter, and in a fork of the task process by
+    :func:`fluid_airflow.decorators.local_run.run_forked`.
+
+    Exceptions of the user's function propagate (non-zero exit, traceback in the task log).
+    """
     try:
         client = connect(int(spec.get("min_free_bytes", MIN_FREE_BYTES)))
     except PreflightError as exc:
@@ -165,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
-    value = run(spec, client)
-    output = Path(args.output)
+    store = output is not None and bool(spec.get("store", True))
+    value = run(spec, client, store=store)
+    if not store or output is None:
+        return 0
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(value))
     return 0

@@ -5,7 +5,7 @@ Kubernetes: a Dataset is a JSON file, binding a VineyardRuntime starts a local v
 that (namespace, Dataset) sized by the runtime's cache capacity (capped by ``local_max_cache``:
 a runtime sized for cluster nodes rarely fits a laptop; the cap is logged), and deleting the
 runtime stops it. Objects are returned in the same dict shapes as the Kubernetes API, with the
-status Fluid would report (fluid.md 2.1, 2.2), so readiness and cleanup code is shared.
+status Fluid would report (docs/design.md §16), so readiness and cleanup code is shared.
 Pods do not exist locally: listing them returns nothing.
 """
 
@@ -160,6 +160,17 @@ class LocalFluidClient:
                 "(fluid connection local_max_cache).", meta["namespace"], meta["name"], quota, size,
             )  # fmt: skip
         self.daemon(meta["namespace"], meta["name"]).start(str(size))
+        from fluid_airflow.decorators import warm
+
+        # The Dataset's warm runner for @task.fluid (stopped by delete, before vineyardd).
+        folder = self.folder(meta["namespace"], meta["name"])
+        warm.start(folder, self.ipc_socket(meta["namespace"], meta["name"]))
+        if not warm.wait_ready(folder, timeout=120):
+            log.warning(
+                "The warm runner of Dataset %s/%s did not answer within 120 s (see %s): its @task.fluid "
+                "tasks fork their own task process instead, a second slower each.",
+                meta["namespace"], meta["name"], folder / warm.LOG_NAME,
+            )  # fmt: skip
 
     def delete(self, plural: str, namespace: str, name: str) -> bool:
         """Remove the object (a runtime's vineyardd is stopped: its objects are gone).
@@ -170,8 +181,10 @@ class LocalFluidClient:
         if not path.exists():
             return False
         if plural == RUNTIME_PLURAL:
+            from fluid_airflow.decorators import warm
             from fluid_airflow.hooks.vineyard import close_clients
 
+            warm.stop(self.folder(namespace, name))  # its task children hold vineyardd clients
             close_clients(self.ipc_socket(namespace, name))  # else vineyardd ignores SIGTERM
             self.daemon(namespace, name).stop()
         path.unlink()

@@ -1,13 +1,12 @@
 """Pure builders for task pods that use a Fluid Dataset backed by a VineyardRuntime (no API calls).
 
 Every function takes a ``kubernetes.client.models.V1Pod`` (as ``KubernetesPodOperator`` builds it)
-and returns a changed **deep copy**; the input is never modified. Behaviour relied on (shared
-notes fluid.md): a VineyardRuntime reaches pods through a PVC named exactly like the Dataset,
-mounted at ``/var/run/vineyard`` (section 1, 3), where Fluid's fuse writes
-``vineyard-config.yaml`` and, on nodes running a worker, ``vineyard-worker.sock`` (4); cache nodes
-carry ``fluid.io/s-<ns>-<dataset>=true``, or ``fluid.io/s-<dataset UID>`` once that key reaches
-63 characters, and the PVC carries the same label (5.1); the pod shape without Fluid's webhook
-is in 5.3.
+and returns a changed **deep copy**; the input is never modified. Behaviour relied on
+(docs/design.md): a VineyardRuntime reaches pods through a PVC named exactly like the Dataset,
+mounted at ``/var/run/vineyard`` (§17, §18), where Fluid's fuse writes
+``vineyard-config.yaml`` and, on nodes running a worker, ``vineyard-worker.sock`` (§18); cache
+nodes carry ``fluid.io/s-<ns>-<dataset>=true``, or ``fluid.io/s-<dataset UID>`` once that key
+reaches 63 characters, and the PVC carries the same label (§19).
 
 Input is checked before anything is built: invalid input raises
 :class:`~fluid_airflow.exceptions.FluidSpecError` (a ``ValueError``) naming the fix.
@@ -18,7 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubernetes.client import models as k8s
@@ -26,15 +25,15 @@ from kubernetes.client import models as k8s
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests
 from fluid_airflow.operators.runtime import VINEYARD_MOUNT_PATH
-from fluid_airflow.vineyard import tree
+from fluid_airflow.vineyard import inline, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 AFFINITY_MODES = ("required", "preferred", "none")
-DATA_AFFINITY_WEIGHT = 100  # as Fluid's webhook plugin NodeAffinityWithCache (fluid.md 5.2)
-HOSTNAME_LABEL = "kubernetes.io/hostname"
+DATA_AFFINITY_WEIGHT = 100  # as Fluid's webhook plugin NodeAffinityWithCache (docs/design.md §19)
+NODE_NAME_FIELD = "metadata.name"  # the node field a node selector term may match
 CACHE_LABEL_PREFIX = "fluid.io/s-"
 CAPACITY_LABEL_PREFIX = "fluid.io/s-h-"
-UID_KEY_LENGTH = 63  # a documented key this long or longer is replaced by the UID key (fluid.md 5.1)
+UID_KEY_LENGTH = 63  # a documented key this long or longer is replaced by the UID key (docs/design.md §19)
 DATASET_LABEL = "fluid-airflow/dataset"  # our label on task pods, value: the Dataset name
 VOLUME_PREFIX = "fluid-dataset-"
 CONFIG_ENV = "VINEYARD_CONFIG"
@@ -125,7 +124,7 @@ def mount_dataset(
     Adds volume :func:`volume_name` with ``persistentVolumeClaim.claimName = dataset_name`` (or
     reuses a volume of the pod that already names that claim), a volumeMount at ``mount_path``
     in container ``container_name``, and env ``VINEYARD_CONFIG=<mount_path>/vineyard-config.yaml``,
-    the file Fluid's fuse writes there (fluid.md 4; it makes vineyard clients use the worker
+    the file Fluid's fuse writes there (docs/design.md §18; it makes vineyard clients use the worker
     socket when present and RPC otherwise). An existing ``VINEYARD_CONFIG`` of the container is
     left as set. Applying it twice gives the same pod.
 
@@ -191,9 +190,11 @@ def _node_affinity(pod: k8s.V1Pod) -> k8s.V1NodeAffinity:
 
 
 def _prefer(node: k8s.V1NodeAffinity, weight: int, requirement: k8s.V1NodeSelectorRequirement) -> None:
-    term = k8s.V1PreferredSchedulingTerm(
-        weight=weight, preference=k8s.V1NodeSelectorTerm(match_expressions=[requirement])
-    )
+    _prefer_term(node, weight, k8s.V1NodeSelectorTerm(match_expressions=[requirement]))
+
+
+def _prefer_term(node: k8s.V1NodeAffinity, weight: int, selector: k8s.V1NodeSelectorTerm) -> None:
+    term = k8s.V1PreferredSchedulingTerm(weight=weight, preference=selector)
     terms = node.preferred_during_scheduling_ignored_during_execution = list(
         node.preferred_during_scheduling_ignored_during_execution or []
     )
@@ -249,6 +250,8 @@ def _flatten(refs: Any, where: str) -> Iterable[tuple[str, int, str]]:
         yield from (("", 0, where) for _ in tree.tree_refs(refs))
     elif is_reference(refs):
         yield refs.get("host") or "", refs.get("bytes", 0), where
+    elif inline.is_inline(refs):  # a small value kept in Airflow's DB: nothing to place
+        return
     elif isinstance(refs, (list, tuple)):
         for i, item in enumerate(refs):
             yield from _flatten(item, f"{where}[{i}]")
@@ -265,7 +268,7 @@ def host_bytes(refs: Any) -> dict[str, int]:
 
     :param refs: a reference (dict from the Vineyard XCom backend, or
         :class:`~fluid_airflow.vineyard.reference.VineyardReference`), a reference tree, or a
-        list/tuple of them.
+        list/tuple of them; inline values (:mod:`fluid_airflow.vineyard.inline`) count for nothing.
     :raises FluidSpecError: an element is not a reference, or its ``bytes`` is not an int >= 0.
     """
     totals: dict[str, int] = {}
@@ -277,63 +280,91 @@ def host_bytes(refs: Any) -> dict[str, int]:
     return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
-def host_weights(refs: Any, max_weight: int = 100, located: dict[str, int] | None = None) -> dict[str, int]:
-    """Preferred-affinity weight per host: ``max(1, round(max_weight * bytes_on_host / total))``.
+def node_bytes(refs: Any, nodes: Mapping[str, str], located: dict[str, int] | None = None) -> dict[str, int]:
+    """Bytes of the referenced objects per **node**, largest first.
 
-    With 0 bytes in total every host gets ``max(1, round(max_weight / hosts))``. Hosts that are
-    not valid label values (63 characters of letters, digits, ``-_.``) are left out.
+    A reference's ``host`` is what its vineyardd reports as hostname. Under Fluid that is the
+    worker pod's IP, not a node name: Fluid v1.0.8 ``charts/vineyard/templates/worker/statefulset.yaml``
+    sets ``MY_HOST_NAME`` from ``status.podIP``, and vineyardd (v6d v0.24.2
+    ``src/common/util/env.h`` ``get_hostname``, ``src/server/services/meta_service.cc``
+    ``registerToEtcd``) records that as the instance's ``hostname``. ``nodes`` maps such a host
+    to the node running that vineyardd (read from the API by
+    :meth:`fluid_airflow.hooks.fluid.FluidHook.worker_nodes`); hosts it does not name are left out.
 
     :param located: bytes per host read from Vineyard's metadata
         (:func:`fluid_airflow.vineyard.locations.host_bytes`, which also counts migrated copies);
         default: the hosts the references recorded when they were stored.
+    :raises FluidSpecError: as :func:`host_bytes`.
+    """
+    recorded = host_bytes(refs)  # also validates refs
+    totals: dict[str, int] = {}
+    for host, size in (recorded if located is None else located).items():
+        node = nodes.get(host)
+        if node:
+            totals[node] = totals.get(node, 0) + size
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
+
+
+def node_weights(
+    refs: Any, nodes: Mapping[str, str], max_weight: int = 100, located: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Preferred-affinity weight per node: ``max(1, round(max_weight * bytes_on_node / total))``.
+
+    Bytes per node as :func:`node_bytes`. With 0 bytes in total every node gets
+    ``max(1, round(max_weight / nodes))``.
+
     :raises FluidSpecError: as :func:`host_bytes`, or ``max_weight`` not an int in 1..100.
     """
     if isinstance(max_weight, bool) or not isinstance(max_weight, int) or not 1 <= max_weight <= 100:
         raise errors.FluidSpecError(f"max_weight {max_weight!r} must be an integer from 1 to 100")
-    recorded = host_bytes(refs)  # also validates refs
-    totals = {
-        h: b
-        for h, b in (recorded if located is None else located).items()
-        if len(h) <= manifests.LABEL_NAME_MAX and _LABEL_NAME.match(h)
-    }
+    totals = node_bytes(refs, nodes, located)
     total = sum(totals.values())
     if not total:
-        return {h: max(1, round(max_weight / len(totals))) for h in totals}
-    return {h: max(1, round(max_weight * b / total)) for h, b in totals.items()}
+        return {n: max(1, round(max_weight / len(totals))) for n in totals}
+    return {n: max(1, round(max_weight * b / total)) for n, b in totals.items()}
 
 
 def object_affinity(
-    pod: k8s.V1Pod, refs: Any, *, max_weight: int = 100, located: dict[str, int] | None = None
+    pod: k8s.V1Pod,
+    refs: Any,
+    nodes: Mapping[str, str],
+    *,
+    max_weight: int = 100,
+    located: dict[str, int] | None = None,
 ) -> k8s.V1Pod:
     """Object-level affinity: prefer the nodes whose vineyardd holds the task's inputs, by size.
 
-    Groups the references by ``host`` and appends one preferred term per host,
-    ``kubernetes.io/hostname In [<host>]`` with the weight of :func:`host_weights` (e.g. 300 MB
-    on node-a and 100 MB on node-b give 75 and 25). A reference's ``host`` is the hostname of
-    the vineyardd that stored it; **assumption**: with Fluid's default host networking (fluid.md
-    3) a worker's hostname is its node's, and the node's ``kubernetes.io/hostname`` label equals
-    it (true by default; not where nodes are registered under another name, e.g. some cloud
-    FQDN setups, where the terms simply match nothing). Preferred only: the pod still runs
-    elsewhere and then reads the objects over RPC. Several references on one host add up.
+    One preferred term per node with the weight of :func:`node_weights` (e.g. 300 MB on node-a
+    and 100 MB on node-b give 75 and 25), selecting the node by name:
+    ``matchFields: [{key: metadata.name, operator: In, values: [<node>]}]``, as the DaemonSet
+    controller pins its pods (kubernetes v1.36.3 ``pkg/controller/daemon/util/daemonset_util.go``
+    ``ReplaceDaemonSetPodNodeNameNodeAffinity``). A field, not the ``kubernetes.io/hostname``
+    label: the label's value need not equal the node name, and the name is what the worker pod
+    reports (``spec.nodeName``). The API allows exactly one value per such requirement (v1.36.3
+    ``pkg/apis/core/validation/validation.go`` ``ValidateNodeFieldSelectorRequirement``) and the
+    scheduler scores preferred terms with fields (component-helpers v0.36.3
+    ``scheduling/corev1/nodeaffinity/nodeaffinity.go`` ``NewPreferredSchedulingTerms``).
+    Preferred only: the pod still runs elsewhere and then reads the objects over RPC.
 
     :param refs: references, reference trees, or lists of them (see :func:`host_bytes`).
-    :param max_weight: the weight of a host holding all the bytes, 1..100.
-    :param located: bytes per host from Vineyard's metadata instead of the recorded hosts (see
-        :func:`host_weights`).
-    :returns: a deep copy of ``pod``, unchanged when no reference names a host.
-    :raises FluidSpecError: as :func:`host_weights`.
+    :param nodes: node name per vineyardd host (see :func:`node_bytes`).
+    :param max_weight: the weight of a node holding all the bytes, 1..100.
+    :param located: bytes per host from Vineyard's metadata instead of the recorded hosts.
+    :returns: a deep copy of ``pod``, unchanged when no reference's host maps to a node.
+    :raises FluidSpecError: as :func:`node_weights`.
     """
-    weights = host_weights(refs, max_weight, located)
+    weights = node_weights(refs, nodes, max_weight, located)
     pod = _copy(pod, "object_affinity")
     if weights:
         node = _node_affinity(pod)
-        for host, weight in weights.items():
-            _prefer(node, weight, _requirement(HOSTNAME_LABEL, [host]))
+        for name, weight in weights.items():
+            term = k8s.V1NodeSelectorTerm(match_fields=[_requirement(NODE_NAME_FIELD, [name])])
+            _prefer_term(node, weight, term)
     return pod
 
 
 def cache_label_key(pvc: dict[str, Any] | None, namespace: str, dataset: str) -> str:
-    """The cache-node label key of a Dataset, read from its PVC's labels (fluid.md 5.1).
+    """The cache-node label key of a Dataset, read from its PVC's labels (docs/design.md §19).
 
     Fluid labels the PVC with the common key (prefix ``fluid.io/s-``): ``fluid.io/s-<ns>-<ds>``
     if present, else the one that is not a capacity key (``fluid.io/s-h-…``), which is

@@ -19,6 +19,7 @@ from airflow.sdk import BaseHook
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests, status
+from fluid_airflow.fluid.compare import spec_differences
 
 POLL_INTERVAL = 5.0
 
@@ -93,7 +94,8 @@ class FluidHook(BaseHook):
 
     # -- create or adopt ----------------------------------------------------------------------
     def ensure(self, plural: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``manifest`` or adopt an existing object with the same spec.
+        """Create ``manifest`` or adopt an existing object with the same spec, compared the way Fluid
+        writes it back (:mod:`fluid_airflow.fluid.compare`: quantities by value, Fluid's defaults).
 
         :returns: ``(object, created)``.
         :raises FluidConflictError: an object of that name exists with a different spec, or is
@@ -114,9 +116,10 @@ class FluidHook(BaseHook):
                 f"{kind} {where} is being deleted; wait for the deletion to finish (or for the cleanup "
                 "task), then re-run."
             )
-        if not manifests.same_spec(existing, manifest):
+        differing = spec_differences(existing, manifest)
+        if differing:
             raise errors.FluidConflictError(
-                f"{kind} {where} already exists with a different spec (have "
+                f"{kind} {where} already exists with a different spec at {', '.join(differing)} (have "
                 f"{json.dumps(existing.get('spec'))[:400]}, want {json.dumps(manifest['spec'])[:400]}). "
                 "Delete it, or use another name."
             )
@@ -143,25 +146,53 @@ class FluidHook(BaseHook):
             )
         return out
 
-    def readiness(self, namespace: str, name: str) -> status.Readiness:
-        """Current :class:`~fluid_airflow.fluid.status.Readiness` of Dataset + VineyardRuntime."""
+    def readiness(
+        self, namespace: str, name: str, transient_grace: float = status.TRANSIENT_GRACE
+    ) -> status.Readiness:
+        """Current :class:`~fluid_airflow.fluid.status.Readiness` of Dataset + VineyardRuntime.
+
+        :param transient_grace: seconds a worker pod may stay in a transient state
+            (:func:`~fluid_airflow.fluid.status.pod_problem`) before it counts as failed.
+        """
         dataset = self.client.get(manifests.DATASET_PLURAL, namespace, name)
         runtime = self.client.get(manifests.RUNTIME_PLURAL, namespace, name)
-        pods = self.client.list_pods(namespace, f"app=vineyard,role=vineyard-worker,release={name}")
-        return status.evaluate(dataset, runtime, pods)
+        pods = self.client.list_pods(namespace, manifests.worker_selector(name))
+        return status.evaluate(dataset, runtime, pods, grace=transient_grace)
+
+    def worker_nodes(self, namespace: str, name: str) -> dict[str, str]:
+        """Node name per vineyardd host of the VineyardRuntime ``namespace/name``.
+
+        vineyardd reports the host ``MY_HOST_NAME``, which Fluid v1.0.8 sets to the worker pod's
+        ``status.podIP`` (``charts/vineyard/templates/worker/statefulset.yaml``); the node is that
+        pod's ``spec.nodeName``. Every IP of ``status.podIPs`` is mapped. Workers not yet scheduled
+        or without an IP are left out.
+        """
+        nodes: dict[str, str] = {}
+        for pod in self.client.list_pods(namespace, manifests.worker_selector(name)):
+            node = (pod.get("spec") or {}).get("nodeName")
+            st = pod.get("status") or {}
+            ips = [st.get("podIP"), *((p or {}).get("ip") for p in st.get("podIPs") or [])]
+            nodes.update({ip: node for ip in ips if ip and node})
+        return nodes
 
     def wait_ready(
-        self, namespace: str, name: str, timeout: float, poll_interval: float = POLL_INTERVAL
+        self,
+        namespace: str,
+        name: str,
+        timeout: float,
+        poll_interval: float = POLL_INTERVAL,
+        transient_grace: float = status.TRANSIENT_GRACE,
     ) -> status.Readiness:
         """Poll :meth:`readiness` until ready.
 
         :param timeout: seconds.
+        :param transient_grace: see :meth:`readiness`.
         :raises FluidRuntimeFailedError: a failed state was seen.
         :raises FluidTimeoutError: not ready after ``timeout`` seconds; names what is pending.
         """
         deadline = time.monotonic() + timeout
         while True:
-            verdict = self.readiness(namespace, name)
+            verdict = self.readiness(namespace, name, transient_grace)
             if verdict.ready:
                 return verdict
             if verdict.failed:
@@ -174,37 +205,58 @@ class FluidHook(BaseHook):
 
     # -- cleanup --------------------------------------------------------------------------------
     def pods_using_claim(self, namespace: str, claim: str) -> list[dict[str, Any]]:
-        """Pods of ``namespace`` that mount PVC ``claim`` (the Dataset's PVC has its name)."""
+        """Pods of ``namespace`` that mount PVC ``claim`` (the Dataset's PVC has its name) and are not
+        going: Fluid's rule for what blocks deleting a Dataset (fluid v1.0.8
+        ``pkg/utils/kubeclient/volume.go`` ``ShouldDeleteDataset`` over ``GetPvcMountPods``; see
+        :func:`is_going`)."""
         found = []
         for pod in self.client.list_pods(namespace):
             volumes = (pod.get("spec") or {}).get("volumes") or []
-            if any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim for v in volumes):
+            mounts = any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim for v in volumes)
+            if mounts and not is_going(pod):
                 found.append(pod)
         return found
 
     def cleanup(
-        self, namespace: str, name: str, timeout: float, poll_interval: float = POLL_INTERVAL
+        self,
+        namespace: str,
+        name: str,
+        timeout: float,
+        poll_interval: float = POLL_INTERVAL,
+        run_labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Delete leftover pods that mount the Dataset's PVC, then the Dataset, then the runtime.
+        """Delete this DAG run's pods that mount the Dataset's PVC, wait (bounded) for the others,
+        then delete the Dataset, then the runtime.
 
-        That order is Fluid's: a Dataset is not finalised while a non-finished pod mounts its
-        PVC, and deleting the runtime first leaves the Dataset NotBound but undeletable in some
-        versions (fluid.md 7, 8). Each wait is bounded by ``timeout`` seconds.
+        That order is Fluid's: a Dataset is not finalised while a pod that is not going mounts its
+        PVC (:meth:`pods_using_claim`), and deleting the runtime first leaves the Dataset NotBound
+        but undeletable in some versions. A pod is deleted only when :func:`created_by_run` says this
+        DAG run created it; pods of other runs or users are named in the log and waited for, never
+        deleted. Each wait is bounded by ``timeout`` seconds.
 
+        :param run_labels: KPO's ``dag_id`` and ``run_id`` pod labels of this DAG run
+            (:func:`run_pod_labels`); None: delete no pod, only wait.
         :returns: ``{"pods": [...deleted pod names], "dataset": bool, "runtime": bool}`` (True =
             deleted now, False = was already gone).
         :raises FluidTimeoutError: naming what blocks deletion.
         """
-        pods = [p["metadata"]["name"] for p in self.pods_using_claim(namespace, name)]
-        for pod in pods:
+        users = self.pods_using_claim(namespace, name)
+        own = [p["metadata"]["name"] for p in users if created_by_run(p, name, run_labels)]
+        for pod in own:
             self.client.delete_pod(namespace, pod)
+        others = [_describe(p, name, run_labels) for p in users if p["metadata"]["name"] not in own]
+        if others:
+            self.log.warning(
+                "Not deleting pods that mount PVC %s/%s, as this DAG run did not create them: %s. Waiting "
+                "up to %g s for them to finish.", namespace, name, "; ".join(others), timeout,
+            )  # fmt: skip
         self._wait_gone(
-            lambda: [p["metadata"]["name"] for p in self.pods_using_claim(namespace, name)],
+            lambda: [_describe(p, name, run_labels) for p in self.pods_using_claim(namespace, name)],
             f"pods mounting PVC {namespace}/{name}", timeout, poll_interval,
         )  # fmt: skip
         dataset = self.client.delete(manifests.DATASET_PLURAL, namespace, name)
         self._wait_gone(
-            lambda: self._dataset_blockers(namespace, name),
+            lambda: self._dataset_blockers(namespace, name, run_labels),
             f"Dataset {namespace}/{name}", timeout, poll_interval,
         )  # fmt: skip
         runtime = self.client.delete(manifests.RUNTIME_PLURAL, namespace, name)
@@ -214,17 +266,13 @@ class FluidHook(BaseHook):
             else [],
             f"VineyardRuntime {namespace}/{name}", timeout, poll_interval,
         )  # fmt: skip
-        return {"pods": pods, "dataset": dataset, "runtime": runtime}
+        return {"pods": own, "dataset": dataset, "runtime": runtime}
 
-    def _dataset_blockers(self, namespace: str, name: str) -> list[str]:
+    def _dataset_blockers(self, namespace: str, name: str, run_labels: dict[str, str] | None) -> list[str]:
         obj = self.client.get(manifests.DATASET_PLURAL, namespace, name)
         if obj is None:
             return []
-        users = [
-            f"pod {p['metadata']['name']} ({(p.get('status') or {}).get('phase', '?')})"
-            for p in self.pods_using_claim(namespace, name)
-            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        ]
+        users = [_describe(p, name, run_labels) for p in self.pods_using_claim(namespace, name)]
         finalizers = (obj.get("metadata") or {}).get("finalizers") or []
         return users or [f"finalizers {finalizers}" if finalizers else "deletion pending"]
 
@@ -237,8 +285,9 @@ class FluidHook(BaseHook):
                 return
             if time.monotonic() >= deadline:
                 raise errors.FluidTimeoutError(
-                    f"{what} still not deleted after {timeout:g} s; blocked by: {', '.join(left)}. "
-                    "Delete those by hand (kubectl delete) and re-run the cleanup task."
+                    f"{what} still not deleted after {timeout:g} s; blocked by: {'; '.join(left)}. "
+                    "Wait for those to finish, or delete them by hand (kubectl delete) if nobody needs "
+                    "them, and re-run the cleanup task."
                 )
             time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
 
@@ -251,3 +300,46 @@ class FluidHook(BaseHook):
         except Exception as exc:
             return False, str(exc)
         return True, f"Fluid CRDs reachable in namespace {self.namespace()}"
+
+
+def is_going(pod: dict[str, Any]) -> bool:
+    """Fluid's ``IsCompletePod`` (fluid v1.0.8 ``pkg/utils/kubeclient/pod.go``): a pod being deleted
+    (``deletionTimestamp`` set, e.g. stuck Terminating on a lost node) or Succeeded/Failed no longer
+    blocks a Dataset's deletion."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return True
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def run_pod_labels(context: Any) -> dict[str, str] | None:
+    """KPO's ``dag_id`` and ``run_id`` labels of the task pods of this DAG run, made label-safe by
+    KPO's own rule (cncf-kubernetes 10.25 ``operators/pod.py`` ``_get_ti_pod_labels``); None
+    without a task context."""
+    if not context or "ti" not in context:
+        return None
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    ti_context = {"ti": context["ti"], "run_id": context["run_id"], "dag": context.get("dag")}
+    labels = KubernetesPodOperator._get_ti_pod_labels(ti_context, include_try_number=False)  # type: ignore[arg-type]
+    return {key: labels[key] for key in ("dag_id", "run_id")}
+
+
+def created_by_run(pod: dict[str, Any], dataset: str, run_labels: dict[str, str] | None) -> bool:
+    """Whether this DAG run created ``pod`` for ``dataset``: it carries our label
+    ``fluid-airflow/dataset: <dataset>`` (set by FluidPodOperator) and the run's ``run_labels``."""
+    from fluid_airflow.fluid.pods import DATASET_LABEL
+
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if not run_labels or labels.get(DATASET_LABEL) != dataset:
+        return False
+    return all(labels.get(key) == value for key, value in run_labels.items())
+
+
+def _describe(pod: dict[str, Any], dataset: str, run_labels: dict[str, str] | None) -> str:
+    """``pod <name> (<phase>[, not created by this DAG run: <its labels>])``, for logs and errors."""
+    phase = (pod.get("status") or {}).get("phase") or "?"
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if created_by_run(pod, dataset, run_labels):
+        return f"pod {pod['metadata']['name']} ({phase})"
+    owner = ", ".join(f"{k}={labels[k]}" for k in ("dag_id", "run_id") if k in labels) or "no DAG run labels"
+    return f"pod {pod['metadata']['name']} ({phase}, not created by this DAG run: {owner})"

@@ -26,6 +26,9 @@ from fluid_airflow.vineyard import calls
 # the client's state belong to the parent), so entries of another pid are ignored and replaced.
 _CLIENTS: dict[tuple[int, str], Any] = {}
 _LOCK = threading.Lock()
+# IPC socket -> pid of the process that connected to it through vineyard's own client cache.
+# Copied into forked children, where it tells _ipc_connect that the cache entry is the parent's.
+_IPC_CACHED_BY: dict[str, int] = {}
 
 
 class VineyardHook(BaseHook):
@@ -141,7 +144,7 @@ class VineyardHook(BaseHook):
 
 def _alive(client: Any) -> bool:
     """One round trip (~0.1 ms): a restarted vineyardd leaves clients that still say connected
-    but fail their next call with a broken pipe (vineyard.md section 8). Bounded by the client's
+    but fail their next call with a broken pipe (docs/design.md §11). Bounded by the client's
     ``timeout_seconds``."""
     try:
         return bool(client.connected) and client.status is not None
@@ -150,7 +153,7 @@ def _alive(client: Any) -> bool:
 
 
 def _connect(kind: str, where: str, timeout: float) -> Any:
-    # Without this, a missing socket costs 10 s of silent retries (vineyard.md section 4).
+    # Without this, a missing socket costs 10 s of silent retries (docs/design.md §4).
     os.environ.setdefault("VINEYARD_IPC_SKIP_RETRY", "1")
     import vineyard
 
@@ -177,7 +180,7 @@ def _connect(kind: str, where: str, timeout: float) -> Any:
             )
         calls.probe(kind, where, timeout)
         try:
-            return vineyard.connect(where)
+            return _ipc_connect(vineyard, where)
         except Exception as exc:
             raise errors.VineyardConnectionError(
                 f"vineyardd at IPC socket {where} does not answer ({type(exc).__name__}: {exc}). "
@@ -195,6 +198,37 @@ def _connect(kind: str, where: str, timeout: float) -> Any:
             f"vineyardd RPC endpoint {where} does not answer ({type(exc).__name__}: {exc}). "
             "Check that vineyardd runs with RPC enabled and the port is reachable."
         ) from exc
+
+
+def _ipc_connect(vineyard: Any, where: str) -> Any:
+    """``vineyard.connect(where)`` on a connection of this process's own, also in a forked child.
+
+    vineyard's binding keeps one IPC client per socket path per process
+    (v6d ``python/client.cc`` @ v0.24.2: ``_connect`` returns
+    ``ClientManager<Client>::GetManager()->Connect(socket, ...)``), and a forked child inherits
+    that cache: ``vineyard.connect`` would hand the child its parent's connection, and requests
+    from both on one connection break the parent's client ("GetBuffers: the fd set is not
+    matched between client and server", measured with 0.24.2). In a child, the inherited
+    client's ``fork()`` (the same binding: a new connection to the same socket, nothing sent
+    on the old one) is used instead, wrapped in ``vineyard.Client`` as usual. Do not ``close()``
+    such a client in the child: the binding's close disconnects the cached (parent's) one.
+    """
+    import vineyard.core.client as client_module
+
+    pid = os.getpid()
+    if _IPC_CACHED_BY.setdefault(where, pid) == pid:
+        return vineyard.connect(where)
+    cached = client_module._connect
+
+    def fresh(socket: Any, *args: Any, **kwargs: Any) -> Any:
+        made = cached(socket, *args, **kwargs)
+        return made.fork() if socket == where and not args else made
+
+    client_module._connect = fresh  # only for this call, under _LOCK (get_conn holds it)
+    try:
+        return vineyard.connect(where)
+    finally:
+        client_module._connect = cached
 
 
 def close_clients(ipc_socket: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from fluid_airflow.fluid import manifests
-from fluid_airflow.hooks.fluid import FluidHook
+from fluid_airflow.hooks.fluid import FluidHook, run_pod_labels
 
 
 class FluidCleanupOperator(BaseOperator):
@@ -18,7 +18,9 @@ class FluidCleanupOperator(BaseOperator):
     frees its cache. Best used as a teardown task, ``cleanup.as_teardown(setups=[create, bind])``:
     as a plain last task its success would make a failed DAG run look successful. Order: pods
     that mount the Dataset's PVC (they block the Dataset's finalizer), the Dataset, the
-    VineyardRuntime (fluid.md section 7). Each wait is bounded.
+    VineyardRuntime. Only the pods this DAG run's FluidPodOperator / ``@task.fluid`` tasks created
+    are deleted; pods of other runs or users are named in the log and waited for, and a pod being
+    deleted counts as gone, as Fluid counts it (:meth:`FluidHook.cleanup`). Each wait is bounded.
 
     :param dataset_name: the Dataset (and VineyardRuntime) name.
     :param namespace: default: the ``fluid`` connection's namespace.
@@ -26,7 +28,7 @@ class FluidCleanupOperator(BaseOperator):
     :param poll_interval: seconds between checks.
     :param fluid_conn_id: Airflow connection of type ``fluid``.
     :returns: (XCom) ``{"pods": [...], "dataset": bool, "runtime": bool}``, True = deleted now.
-    :raises FluidTimeoutError: a step did not finish; names what blocks it.
+    :raises FluidTimeoutError: a step did not finish; names what blocks it (and whose pods).
     """
 
     template_fields: Sequence[str] = ("dataset_name", "namespace")
@@ -54,6 +56,8 @@ class FluidCleanupOperator(BaseOperator):
         hook = FluidHook(self.fluid_conn_id)
         namespace = hook.namespace(self.namespace)
         manifests.validate_names(self.dataset_name, namespace)
-        result = hook.cleanup(namespace, self.dataset_name, self.timeout, self.poll_interval)
+        result = hook.cleanup(
+            namespace, self.dataset_name, self.timeout, self.poll_interval, run_pod_labels(context)
+        )
         self.log.info("Cleanup of %s/%s: %s", namespace, self.dataset_name, result)
         return result

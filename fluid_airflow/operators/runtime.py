@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 
 from fluid_airflow import exceptions as errors
-from fluid_airflow.fluid import manifests
+from fluid_airflow.fluid import manifests, status
 from fluid_airflow.hooks.fluid import FluidHook
 
 VINEYARD_MOUNT_PATH = "/var/run/vineyard"
@@ -25,14 +25,19 @@ class FluidBindVineyardRuntimeOperator(BaseOperator):
     :param namespace: default: the ``fluid`` connection's namespace.
     :param replicas: vineyardd workers (cache nodes), >= 1.
     :param cache_capacity: Kubernetes quantity per worker (``30Gi``); vineyardd's shared memory for MEM.
-    :param cache_medium: ``MEM``, ``SSD`` or ``HDD``; SSD/HDD need ``tier_path``.
-    :param tier_path: node directory of an SSD/HDD level.
+    :param cache_medium: ``MEM``, the only tiered store Fluid v1.0.8 deploys for Vineyard
+        (an SSD/HDD level alone never comes up; refused before any request).
+    :param tier_path: must be None: Fluid ignores a MEM level's path (refused).
     :param master: ``spec.master`` fields; :param worker: ``spec.worker``; :param fuse: ``spec.fuse``.
     :param network_mode: ``HostNetwork`` (Fluid's default) or ``ContainerNetwork``.
     :param pod_metadata: ``{"labels": ..., "annotations": ...}`` for the runtime's pods.
     :param wait: wait for readiness (default True).
     :param timeout: seconds to wait for readiness.
     :param poll_interval: seconds between readiness checks.
+    :param transient_grace: seconds a worker pod may stay in ``CrashLoopBackOff``, ``ErrImagePull``
+        or ``ImagePullBackOff`` before the bind fails (default
+        :data:`~fluid_airflow.fluid.status.TRANSIENT_GRACE`, 300: a vineyardd worker restarts until
+        the master's etcd answers, waiting 120 s each time).
     :param deferrable: wait in the triggerer (``FluidDatasetTrigger``) instead of a worker slot.
     :param fluid_conn_id: Airflow connection of type ``fluid``.
     :returns: (XCom) ``{"namespace", "name", "backend", "mount_path", "ipc_socket"}``;
@@ -63,7 +68,8 @@ class FluidBindVineyardRuntimeOperator(BaseOperator):
         wait: bool = True,
         timeout: float = 600.0,
         poll_interval: float = 5.0,
-        deferrable: bool = False,
+        transient_grace: float = status.TRANSIENT_GRACE,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         fluid_conn_id: str = FluidHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -82,6 +88,7 @@ class FluidBindVineyardRuntimeOperator(BaseOperator):
         self.wait = wait
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.transient_grace = transient_grace
         self.deferrable = deferrable
         self.fluid_conn_id = fluid_conn_id
 
@@ -109,11 +116,14 @@ class FluidBindVineyardRuntimeOperator(BaseOperator):
                     target="ready",
                     timeout=self.timeout,
                     poll_interval=self.poll_interval,
+                    transient_grace=self.transient_grace,
                 ),
                 method_name="execute_complete",
             )
         if self.wait:
-            verdict = hook.wait_ready(namespace, self.dataset_name, self.timeout, self.poll_interval)
+            verdict = hook.wait_ready(
+                namespace, self.dataset_name, self.timeout, self.poll_interval, self.transient_grace
+            )
             self.log.info("Dataset %s/%s ready: %s", namespace, self.dataset_name, verdict.message)
         return self._result(hook, namespace)
 

@@ -1,7 +1,7 @@
 """FluidDatasetSensor: wait for a Fluid Dataset to be ``Bound`` or fully ready.
 
-``Bound`` is Fluid's own Dataset phase (runtime master and at least one worker ready, fluid.md
-2.1); ``ready`` also requires every VineyardRuntime worker ready (fluid.md 2.2), as judged by
+``Bound`` is Fluid's own Dataset phase (runtime master and at least one worker ready,
+docs/design.md §16); ``ready`` also requires every VineyardRuntime worker ready (§16), as judged by
 :func:`fluid_airflow.fluid.status.evaluate`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator, Context
+from airflow.sdk import BaseSensorOperator, Context, conf
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.hooks.fluid import FluidHook
@@ -46,7 +46,7 @@ class FluidDatasetSensor(BaseSensorOperator):
         namespace: str | None = None,
         fluid_conn_id: str = FluidHook.default_conn_name,
         target: str = "bound",
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

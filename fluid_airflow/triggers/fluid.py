@@ -1,9 +1,9 @@
 """FluidDatasetTrigger: wait in the triggerer for a Fluid Dataset (and its VineyardRuntime).
 
 Readiness rules are :func:`fluid_airflow.fluid.status.evaluate`'s (Dataset ``Bound`` once the
-runtime master and one worker are ready, fluid.md 2.1; worker counts and phases from the
-VineyardRuntime status, fluid.md 2.2; worker pods labelled ``app=vineyard,role=vineyard-worker,
-release=<dataset>``, fluid.md 3). On the ``kubernetes`` backend every poll is a few GETs through
+runtime master and one worker are ready, docs/design.md §16; worker counts and phases from the
+VineyardRuntime status, §16; worker pods labelled ``app=vineyard,role=vineyard-worker,
+release=<dataset>``, §17). On the ``kubernetes`` backend every poll is a few GETs through
 cncf-kubernetes' ``AsyncKubernetesHook`` (a ``kubernetes_asyncio`` client), so the event loop
 is never blocked; on the ``local`` backend the synchronous :meth:`FluidHook.readiness` runs in a
 worker thread.
@@ -22,17 +22,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests, status
+from fluid_airflow.fluid.manifests import worker_selector
 from fluid_airflow.hooks.fluid import FluidHook
 
 TARGETS = ("ready", "bound")
 REQUEST_TIMEOUT = 30.0  # seconds per API request
 MAX_TRANSIENT_ERRORS = 5  # consecutive transient API failures tolerated before an error event
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-
-
-def worker_selector(name: str) -> str:
-    """Label selector of the vineyard worker pods of the runtime ``name`` (fluid.md 3)."""
-    return f"app=vineyard,role=vineyard-worker,release={name}"
 
 
 def check_target(target: str) -> str:
@@ -97,6 +93,8 @@ class FluidDatasetTrigger(BaseTrigger):
     :param poll_interval: seconds between polls.
     :param started_at: wall-clock start (``time.time()``, seconds); set on creation and
         serialized, so a triggerer restart does not extend the deadline.
+    :param transient_grace: seconds a worker may stay in ``CrashLoopBackOff`` or an image pull
+        error before it counts as failed (:data:`~fluid_airflow.fluid.status.TRANSIENT_GRACE`).
     :raises FluidSpecError: unknown ``target``.
 
     Yields exactly one ``TriggerEvent`` with keys ``status`` (``ready`` | ``failed`` |
@@ -116,8 +114,10 @@ class FluidDatasetTrigger(BaseTrigger):
         timeout: float = 600.0,
         poll_interval: float = 5.0,
         started_at: float | None = None,
+        transient_grace: float = status.TRANSIENT_GRACE,
     ) -> None:
         super().__init__()
+        self.transient_grace = float(transient_grace)
         self.fluid_conn_id = fluid_conn_id
         self.namespace = namespace
         self.dataset_name = dataset_name
@@ -137,6 +137,7 @@ class FluidDatasetTrigger(BaseTrigger):
                 "target": self.target,
                 "timeout": self.timeout,
                 "poll_interval": self.poll_interval,
+                "transient_grace": self.transient_grace,
                 "started_at": self.started_at,
             },
         )
@@ -217,7 +218,12 @@ class FluidDatasetTrigger(BaseTrigger):
             except Exception as exc:
                 raise _api_error(exc, f"pods {ns} ({worker_selector(name)})") from exc
             plain = [api_client.sanitize_for_serialization(p) for p in pods.items]
-        return status.evaluate(found[manifests.DATASET_PLURAL], found[manifests.RUNTIME_PLURAL], plain)
+        return status.evaluate(
+            found[manifests.DATASET_PLURAL],
+            found[manifests.RUNTIME_PLURAL],
+            plain,
+            grace=self.transient_grace,
+        )
 
     async def _poll(self, probe: Callable[[], Awaitable[status.Readiness]]) -> TriggerEvent:
         where = f"Dataset {self.namespace}/{self.dataset_name}"

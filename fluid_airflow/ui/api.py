@@ -17,18 +17,21 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
 
 
+NonEmpty = Annotated[str, Field(min_length=1)]  # empty ids answer 422, not 500
+
+
 class RunRelease(BaseModel):
-    dag_id: str
-    run_id: str
+    dag_id: NonEmpty
+    run_id: NonEmpty
 
 
 class ObjectRelease(BaseModel):
-    name: str
+    name: NonEmpty
 
 
 async def current_user(request: Request) -> Any:

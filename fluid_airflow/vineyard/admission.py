@@ -58,13 +58,10 @@ def payload_nbytes(payload: Any) -> int:
 
     - ndarray: ``nbytes``; a ``str`` (``<U``) array is stored as UTF-8 text plus 64-bit offsets,
       estimated as ``itemsize / 4`` bytes per element (its longest string, ASCII) plus 8.
-    - DataFrame / Series: ``memory_usage(deep=False)`` (8 bytes per object pointer, which stand
-      in for the 64-bit offsets Vineyard writes) plus, for object (string) columns and index,
-      the UTF-8 bytes of the strings and a validity bitmap; a ``RangeIndex`` is stored
-      materialised (8 bytes per row), not as the 132 bytes pandas reports.
-    - Arrow Table / RecordBatch / Array / ChunkedArray: ``nbytes`` plus 4 bytes per row and
-      chunk for each ``string`` / ``binary`` / ``list`` column, which Vineyard stores with 64-bit
-      (``large_*``) offsets.
+    - Arrow Table / RecordBatch / Array / ChunkedArray (also what pandas and polars frames are
+      encoded as, :mod:`.frames`): the sum of the Arrow buffer sizes (``nbytes``, no per-cell
+      work) plus 4 bytes per row and chunk for each ``string`` / ``binary`` / ``list`` column,
+      which Vineyard stores with 64-bit (``large_*``) offsets.
     - ``str`` / ``bytes``: their length in UTF-8.
     - anything else: 0 (not estimated; the put itself decides).
     """
@@ -76,8 +73,6 @@ def payload_nbytes(payload: Any) -> int:
     modules = {c.__module__.split(".")[0] for c in type(payload).__mro__}
     if "numpy" in modules:
         return _ndarray_nbytes(payload)
-    if "pandas" in modules:
-        return _pandas_nbytes(payload)
     if "pyarrow" in modules:
         return _arrow_nbytes(payload)
     return 0
@@ -92,37 +87,6 @@ def _ndarray_nbytes(arr: Any) -> int:
     if arr.dtype.kind == "U":
         return size * (arr.dtype.itemsize // 4) + 8 * (size + 1)
     return int(arr.nbytes)
-
-
-def _pandas_nbytes(obj: Any) -> int:
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(obj, pd.Series):
-        total = int(obj.memory_usage(deep=False, index=False))
-        columns = [obj]
-    elif isinstance(obj, pd.DataFrame):
-        total = int(obj.memory_usage(deep=False, index=False).sum())
-        columns = [obj.iloc[:, i] for i in range(obj.shape[1])]
-    else:
-        return 0
-    for column in columns:
-        if column.dtype == object:
-            total += _string_bytes(column.to_numpy())
-    index = obj.index
-    if isinstance(index, pd.RangeIndex):
-        total += 8 * len(index)
-    else:
-        total += int(index.memory_usage(deep=False))
-        if index.dtype == object:
-            total += _string_bytes(np.asarray(index))
-    return total
-
-
-def _string_bytes(values: Any) -> int:
-    """UTF-8 bytes of the strings in an object array, plus a validity bitmap and one offset."""
-    text = sum(len(v) if v.isascii() else len(v.encode("utf-8")) for v in values if isinstance(v, str))
-    return text + len(values) // 8 + 1 + 8
 
 
 def _arrow_nbytes(data: Any) -> int:
@@ -190,23 +154,43 @@ def check_room(
     what: str,
     scope: dict[str, Any],
     prefix: str | None = None,
+    pending: Any = None,
+    at_most: int = 0,
 ) -> None:
     """Refuse to store ``needed`` bytes unless vineyardd has them free (plus the margin).
+
+    Called under the in-flight lock (:func:`~fluid_airflow.vineyard.inflight.tracked`). When the
+    room is short, what no name reaches is reclaimed first (a killed producer's leftovers,
+    :func:`~fluid_airflow.vineyard.inflight.reclaim`), then the check is made again.
 
     :param needed: estimate of the bytes to store (:func:`payload_nbytes`); 0 is always admitted.
     :param what: the value's type for the message (``pandas.DataFrame``).
     :param scope: ``{key, task_id, dag_id, run_id}`` of the XCom.
     :param prefix: the backend's name prefix; default ``[fluid] name_prefix``.
+    :param pending: ``pending()`` gives the bytes other puts in flight announced but have not
+        allocated yet; asked only when ``at_most`` (an upper bound of it) does not fit anyway.
     :raises VineyardOutOfMemoryError: naming the XCom, needed/free/limit bytes, the largest
         holders by DAG run and the fix. Nothing was allocated.
     """
     if needed <= 0:
         return
-    status = client.status
-    limit, used = int(status.memory_limit), int(status.memory_usage)
-    if limit <= 0 or required_bytes(needed) <= limit - used:
-        return
-    raise out_of_memory(client, needed, what=what, scope=scope, prefix=prefix, status=(limit, used))
+    waiting = 0
+    for attempt in ("check", "after reclaiming"):
+        status = client.status
+        limit, used = int(status.memory_limit), int(status.memory_usage)
+        if limit <= 0 or required_bytes(needed) <= limit - used - at_most:
+            return  # fits even if every put in flight still needed all it announced
+        waiting = pending() if pending is not None else 0
+        if required_bytes(needed) <= limit - used - waiting:
+            return
+        if attempt == "check":
+            from fluid_airflow import config
+            from fluid_airflow.vineyard import inflight
+
+            inflight.reclaim(client, unnamed=config.get_bool("reclaim_unnamed"), locked=True)
+    raise out_of_memory(
+        client, needed, what=what, scope=scope, prefix=prefix, status=(limit, used + waiting), pending=waiting
+    )
 
 
 def out_of_memory(
@@ -218,6 +202,7 @@ def out_of_memory(
     prefix: str | None = None,
     cause: BaseException | None = None,
     status: tuple[int, int] | None = None,
+    pending: int = 0,
 ) -> errors.VineyardOutOfMemoryError:
     """The :class:`VineyardOutOfMemoryError` for an XCom that does not fit (to ``raise``).
 
@@ -254,11 +239,16 @@ def out_of_memory(
     ]
     if cause is not None:
         lines.append(
-            f"vineyardd refused the put ({type(cause).__name__}: {str(cause)[-200:]}); blobs it had "
-            "already written may stay allocated."
+            f"vineyardd refused the put ({type(cause).__name__}: {str(cause)[-200:]}); what it had "
+            "already written was deleted."
         )
     else:
         lines.append("Nothing was stored.")
+    if pending:
+        lines.append(
+            f"{format_bytes(pending)} of the used bytes are announced by other puts in flight right now "
+            "(concurrent tasks); retrying once they are done may succeed."
+        )
     if top:
         shown = "; ".join(
             f"{h.dag_id} / {h.run_id}: {format_bytes(h.bytes)} in {h.objects} object(s)"
@@ -269,11 +259,11 @@ def out_of_memory(
     elif limit is not None:
         lines.append(f"No XCom objects named {prefix}/... hold memory in this vineyardd.")
     if used is not None:
-        other = used - sum(h.bytes for h in top)
+        other = used - pending - sum(h.bytes for h in top)
         if other > 0:
             lines.append(
-                f"{format_bytes(other)} are held by objects without an XCom name (other clients, or "
-                "blobs left by interrupted puts; only client.clear() or a vineyardd restart frees those)."
+                f"{format_bytes(other)} are held by objects without an XCom name (other clients' objects, "
+                "or puts in flight)."
             )
     if limit is not None and required_bytes(needed) > limit:
         fix = (

@@ -12,9 +12,10 @@ to :class:`~fluid_airflow.exceptions.VineyardConnectionError` /
 
 The probe speaks just enough of vineyardd's IPC/RPC framing (an 8-byte little-endian length,
 then JSON; ``register_request`` / ``register_reply`` / ``exit_request``, v6d
-``src/common/util/protocols.cc``) to see that the daemon answers; the real connection is still
-made by ``vineyard.connect``. The tests run the probe against a real vineyardd, so a change of
-framing in a future vineyard fails them rather than hiding.
+``src/common/util/protocols.cc`` @ v0.24.2; docs/design.md §4, §5) to see that the daemon
+answers; the real connection is still made by ``vineyard.connect``. The tests run the probe
+against a real vineyardd, so a change of framing in a future vineyard fails them rather than
+hiding.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ etcd), on one machine for development and tests: instance ``i`` keeps its socket
 ``<runtime_dir>/etcd/``; ``<runtime_dir>/cluster.json`` records the ports and sockets.
 
 vineyardd has no bind-address flag, so each RPC port listens on all interfaces without
-authentication (shared notes vineyard.md section 3); use this on a trusted machine only.
+authentication (v6d ``src/server/async/rpc_server.cc`` @ v0.24.2; docs/design.md §7); use this on a
+trusted machine only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fluid_airflow.exceptions import VineyardDaemonError
+from fluid_airflow.vineyard import private_dir
 from fluid_airflow.vineyard.daemon import LocalVineyardd
 from fluid_airflow.vineyard.etcd import LocalEtcd, free_port
 
@@ -82,7 +84,7 @@ class LocalVineyardCluster:
                 f"`fluid-airflow cluster stop --runtime-dir {self.runtime_dir}`"
             )
         check_memory(parse_size(size) * len(missing), memory_limits(), f"{len(missing)} x {size}")
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir.ensure(self.runtime_dir)
         started: list[Any] = []
         try:
             if self.etcd.pid is None:

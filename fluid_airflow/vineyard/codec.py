@@ -1,66 +1,62 @@
 """How each XCom value type is stored in Vineyard, read back, and checked.
 
-Vineyard 0.24.2 stores numpy arrays, numpy-backed pandas objects and Arrow data natively, but
-loses or corrupts some shapes silently (tested, see shared notes vineyard.md sections 4-5 and
-``tests/test_codec.py``): pandas extension dtypes (categorical, nullable ``Int64``, ``string``)
-fail on read, a MultiIndex comes back empty, MultiIndex columns come back scrambled, a
-categorical Series comes back as ``object``, Arrow ``string`` comes back as ``large_string``,
-string ndarrays come back as ``object``, and anything unknown silently falls back to pickle.
-So this module decides the encoding up front, and :func:`check_read_back` compares what
-Vineyard returns with what was put, in the producer, before the XCom is recorded.
+Vineyard 0.24.2 stores numpy arrays and Arrow data natively, but loses or corrupts some shapes
+silently (tested: ``tests/test_backend.py``, ``tests/test_frames.py``): Arrow ``string`` comes back as
+``large_string``, temporal Arrow columns cannot be read back, string ndarrays come back as
+``object``, its pandas builder drops extension dtypes and pandas 3 strings, and anything
+unknown silently falls back to pickle. So this module decides the encoding up front, and
+:func:`check_read_back` compares what Vineyard holds with what was put, in the producer,
+before the XCom is recorded.
 
-Encodings:
-- ``vineyard``: Vineyard's own type (``Tensor``, ``DataFrame``, ``Series``, ``Table``,
-  ``RecordBatch``, arrays). Read zero-copy: the consumer gets read-only views of shared memory.
-- ``arrow``: a pandas object Vineyard cannot hold natively is stored as an Arrow Table with
-  pandas metadata (``pa.Table.from_pandas``) and rebuilt with ``Table.to_pandas()`` on read,
-  which copies (Arrow -> pandas conversion), but exactly restores extension dtypes and indexes.
+Encodings (``VineyardReference.encoding``):
+- ``vineyard``: numpy arrays as Vineyard ``Tensor``; Arrow Tables/RecordBatches/Arrays as
+  Vineyard ``Table`` (:mod:`.arrowtypes`). Read zero-copy.
+- ``arrow``: pandas DataFrames and Series (:mod:`.frames`) and polars DataFrames/Series
+  (:mod:`.optional_types`), as Vineyard ``Table`` with what is needed to rebuild them exactly.
+- ``tensor``: torch tensors (:mod:`.optional_types`), as a Vineyard ``Tensor`` of their bytes.
 - ``json``: Airflow-serialised JSON text above the inline threshold, as a ``uint8`` tensor.
+- ``vineyard`` for pandas types: references written before pandas went through Arrow
+  (Vineyard's own ``DataFrame``/``Series``); still read.
+
+Mutability, one rule for every type: a value read from Vineyard is read-only (in-place writes
+raise ``ValueError: assignment destination is read-only``; torch tensors see
+:mod:`.optional_types`); call ``.copy()``/``.clone()`` before changing it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
+from fluid_airflow.vineyard import frames, optional_types
+from fluid_airflow.vineyard.arrowtypes import arrow_storage, restore_arrow
+from fluid_airflow.vineyard.encoded import Encoded
 from fluid_airflow.vineyard.reference import VineyardReference, summarize_columns
 
-VINEYARD_MODULES = ("numpy", "pandas", "pyarrow")
+__all__ = ["Encoded", "check_read_back", "decode", "encode", "encode_json", "is_vineyard_type"]
+
+VINEYARD_MODULES = ("numpy", "pandas", "pyarrow", *optional_types.MODULES)
 # numpy dtype kinds Vineyard's Tensor round-trips exactly: bool, ints, uints, floats,
 # timedelta64, datetime64. Complex and bytes ("S") do not come back (tested).
 _NATIVE_KINDS = "biufmM"
-# In a pandas Series, Vineyard returns datetime/timedelta values as a bare ndarray instead of
-# pandas' DatetimeArray/TimedeltaArray (repr and reductions break), and in a DataFrame the same
-# for timedelta columns (tested): those go through Arrow instead.
-_FRAME_KINDS = "biufM"
-_SERIES_KINDS = "biuf"
-
-
-@dataclass
-class Encoded:
-    """A value ready for ``client.put`` plus what the reference records about it."""
-
-    payload: Any
-    type: str
-    encoding: str
-    shape: list[int] | None = None
-    dtype: str | None = None
-    columns: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+_ARROW_TYPES = ("pyarrow.Table", "pyarrow.RecordBatch", "pyarrow.ChunkedArray", "pyarrow.Array")
 
 
 def is_vineyard_type(value: object) -> bool:
-    """True for numpy arrays, pandas DataFrames/Series and pyarrow Tables/RecordBatches/Arrays.
+    """True for numpy arrays, pandas DataFrames/Series, pyarrow Tables/RecordBatches/Arrays, and
+    polars DataFrames/Series/LazyFrames and torch tensors (:mod:`.optional_types`).
 
     Checks the module name first so plain values never import numpy, pandas or pyarrow.
     """
     # MRO, not just the type: values read from Vineyard are subclasses such as
     # vineyard.data.tensor.ndarray, and users subclass DataFrame.
-    if not any(c.__module__.split(".")[0] in VINEYARD_MODULES for c in type(value).__mro__):
+    modules = {c.__module__.split(".")[0] for c in type(value).__mro__}
+    if not modules.intersection(VINEYARD_MODULES):
         return False
+    if modules.intersection(optional_types.MODULES):
+        return optional_types.is_supported(value)
     import numpy as np
     import pandas as pd
     import pyarrow as pa
@@ -75,21 +71,23 @@ def encode(value: Any) -> Encoded:
 
     :raises UnsupportedXComValueError: the value has a shape no encoding keeps intact
         (object or structured ndarrays, duplicate DataFrame columns, unnamed Series names of
-        unusual types, Arrow conversion errors).
+        unusual types, Arrow conversion errors, polars LazyFrames, GPU or sparse tensors).
     """
     import numpy as np
     import pandas as pd
     import pyarrow as pa
 
+    if optional_types.is_supported(value):
+        return optional_types.encode(value)
     if isinstance(value, np.ndarray):
         return _encode_ndarray(value)
     if isinstance(value, pd.DataFrame):
-        return _encode_dataframe(value)
+        return frames.encode_dataframe(value)
     if isinstance(value, pd.Series):
-        return _encode_series(value)
+        return frames.encode_series(value)
     if isinstance(value, (pa.Table, pa.RecordBatch)):
         kind = "pyarrow.Table" if isinstance(value, pa.Table) else "pyarrow.RecordBatch"
-        payload, extra = _arrow_storage(value)
+        payload, extra = arrow_storage(value)
         return Encoded(
             payload=payload,
             type=kind,
@@ -102,7 +100,7 @@ def encode(value: Any) -> Encoded:
         # Vineyard pickles a ChunkedArray; a one-column Table is stored natively instead, and
         # Arrays take the same path so their types get the same care (strings, time zones).
         kind = "pyarrow.ChunkedArray" if isinstance(value, pa.ChunkedArray) else "pyarrow.Array"
-        payload, extra = _arrow_storage(pa.table({"values": value}))
+        payload, extra = arrow_storage(pa.table({"values": value}))
         return Encoded(
             payload=payload,
             type=kind,
@@ -146,229 +144,27 @@ def _encode_ndarray(arr: Any) -> Encoded:
     )
 
 
-def _native_column(values: Any, kinds: str = _FRAME_KINDS, tz_ok: bool = True) -> bool:
-    """True when Vineyard stores this column (or index) by value and returns the same dtype."""
-    import numpy as np
-    import pandas as pd
-
-    dtype = values.dtype
-    if isinstance(dtype, pd.DatetimeTZDtype):
-        return tz_ok
-    if not isinstance(dtype, np.dtype):
-        return False  # pandas extension dtypes (category, Int64, string, ...) fail on read
-    if dtype.kind in kinds:
-        return True
-    return dtype.kind == "O" and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
-
-
-def _native_index(index: Any) -> bool:
-    import pandas as pd
-
-    return not isinstance(index, pd.MultiIndex) and _native_column(index, _FRAME_KINDS, tz_ok=False)
-
-
-def _encode_dataframe(df: Any) -> Encoded:
-    import pandas as pd
-
-    if not df.columns.is_unique:
-        dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})[:5]
-        raise errors.UnsupportedXComValueError(
-            f"DataFrame has duplicate column labels {dupes}: a stored table needs unique column names. "
-            "Rename the columns before returning the DataFrame."
-        )
-    columns = summarize_columns([(c, t) for c, t in df.dtypes.items()])
-    shape = [int(df.shape[0]), int(df.shape[1])]
-    labels_ok = not isinstance(df.columns, pd.MultiIndex) and all(
-        isinstance(c, (str, int)) for c in df.columns
-    )
-    if labels_ok and _native_index(df.index) and all(_native_column(df[c]) for c in df.columns):
-        return Encoded(
-            payload=df,
-            type="pandas.DataFrame",
-            encoding="vineyard",
-            shape=shape,
-            columns=columns,
-            extra=_index_freq(df.index),
-        )
-    payload, extra = _arrow_storage(_to_arrow(df, "DataFrame"))
-    return Encoded(
-        payload=payload, type="pandas.DataFrame", encoding="arrow", shape=shape, columns=columns, extra=extra
-    )
-
-
-def _encode_series(series: Any) -> Encoded:
-    name = series.name
-    if name is not None and not isinstance(name, (str, int, float)):
-        raise errors.UnsupportedXComValueError(
-            f"Series name {name!r} of type {type(name).__name__} cannot be recorded; use a str or int name."
-        )
-    base = {"type": "pandas.Series", "shape": [len(series)], "dtype": str(series.dtype)}
-    native = _native_column(series, _SERIES_KINDS, tz_ok=False)
-    if native and _native_index(series.index) and isinstance(name, (str, type(None))):
-        return Encoded(payload=series, encoding="vineyard", extra=_index_freq(series.index), **base)
-    table, extra = _arrow_storage(_to_arrow(series.to_frame(name="values"), "Series"))
-    return Encoded(payload=table, encoding="arrow", extra={"series_name": name, **extra}, **base)
-
-
-def _index_freq(index: Any) -> dict[str, Any]:
-    """A DatetimeIndex's ``freq`` (e.g. ``D``), which Vineyard drops; restored on read."""
-    freq = getattr(index, "freqstr", None)
-    return {"index_freq": freq} if freq else {}
-
-
-def _to_arrow(frame: Any, what: str) -> Any:
-    import pyarrow as pa
-
-    try:
-        return pa.Table.from_pandas(frame)
-    except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise errors.UnsupportedXComValueError(
-            f"pandas {what} cannot be stored: Vineyard cannot hold its dtypes natively and Arrow "
-            f"cannot convert it ({type(exc).__name__}: {exc}). Give mixed-type object columns one "
-            "type (e.g. df[col].astype(str)) before returning it."
-        ) from exc
-
-
-def _arrow_storage(table: Any) -> tuple[Any, dict[str, Any]]:
-    """The table as Vineyard will store it, and what :func:`decode` needs to undo that.
-
-    Tested on vineyard 0.24.2: string/binary/list columns come back in their ``large_*`` forms
-    (recorded in ``cast_columns``, narrowed on read); timestamp (with or without zone),
-    duration, date, time and float16 columns are stored but cannot be read back at all, so they
-    are stored as zero-copy integer views of the same width, their type recorded in
-    ``view_columns`` and restored (again zero-copy) on read. A RecordBatch is stored as a Table.
-    """
-    import pyarrow as pa
-
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    extra: dict[str, Any] = {}
-    narrow = [i for i, f in enumerate(table.schema) if _widen(f.type) != f.type]
-    if narrow:
-        extra["cast_columns"] = narrow
-    views = {str(i): _type_json(f.type) for i, f in enumerate(table.schema) if _int_view(f.type) is not None}
-    for i in views:
-        field = table.schema.field(int(i))
-        target = _int_view(field.type)
-        column = pa.chunked_array([c.view(target) for c in table.column(int(i)).chunks], type=target)
-        table = table.set_column(int(i), field.with_type(target), column)
-    if views:
-        extra["view_columns"] = views
-    return table, extra
-
-
-def _int_view(t: Any) -> Any:
-    """The integer type a column of type ``t`` is stored as, or None to store it as it is."""
-    import pyarrow as pa
-
-    if pa.types.is_float16(t):
-        return pa.uint16()
-    if pa.types.is_date32(t) or pa.types.is_time32(t):
-        return pa.int32()
-    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_date64(t) or pa.types.is_time64(t):
-        return pa.int64()
-    return None
-
-
-def _type_json(t: Any) -> dict[str, Any]:
-    import pyarrow as pa
-
-    if pa.types.is_timestamp(t):
-        return {"kind": "timestamp", "unit": t.unit, "tz": t.tz}
-    if pa.types.is_duration(t) or pa.types.is_time32(t) or pa.types.is_time64(t):
-        return {"kind": str(t).split("[")[0], "unit": t.unit}
-    return {"kind": str(t)}  # float16 / halffloat, date32[day], date64[ms]
-
-
-def _type_from_json(d: dict[str, Any]) -> Any:
-    import pyarrow as pa
-
-    kind = d["kind"]
-    if kind == "timestamp":
-        return pa.timestamp(d["unit"], tz=d.get("tz"))
-    if kind in ("duration", "time32", "time64"):
-        return getattr(pa, kind)(d["unit"])
-    return {
-        "halffloat": pa.float16(),
-        "float16": pa.float16(),
-        "date32[day]": pa.date32(),
-        "date64[ms]": pa.date64(),
-    }[kind]
-
-
-def _restore_arrow(stored: Any, extra: dict[str, Any]) -> Any:
-    """Undo :func:`_arrow_storage` on a Table read from Vineyard."""
-    import pyarrow as pa
-
-    schema = stored.schema
-    for i in extra.get("cast_columns", []):
-        schema = schema.set(i, schema.field(i).with_type(_narrow(schema.field(i).type)))
-    if schema != stored.schema:
-        stored = stored.cast(schema)
-    for i, spec in (extra.get("view_columns") or {}).items():
-        field, target = stored.schema.field(int(i)), _type_from_json(spec)
-        column = pa.chunked_array([c.view(target) for c in stored.column(int(i)).chunks], type=target)
-        stored = stored.set_column(int(i), field.with_type(target), column)
-    return stored
-
-
-def _retype(t: Any, large: bool) -> Any:
-    """``t`` with string/binary/list (recursively) in their 64-bit-offset ``large_*`` forms when
-    ``large``, or back in their 32-bit forms when not."""
-    import pyarrow as pa
-
-    for small, wide in ((pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())):
-        if large and t == small:
-            return wide
-        if not large and t == wide:
-            return small
-    if pa.types.is_list(t) if large else pa.types.is_large_list(t):
-        make = pa.large_list if large else pa.list_
-        return make(t.value_field.with_type(_retype(t.value_type, large)))
-    if pa.types.is_struct(t):
-        return pa.struct([t.field(i).with_type(_retype(t.field(i).type, large)) for i in range(t.num_fields)])
-    return t
-
-
-def _widen(t: Any) -> Any:
-    return _retype(t, large=True)
-
-
-def _narrow(t: Any) -> Any:
-    return _retype(t, large=False)
-
-
 def decode(stored: Any, ref: VineyardReference) -> Any:
     """Turn what ``client.get`` returned into the value the producer returned.
 
-    Zero-copy for the ``vineyard`` encoding except where a cast is recorded (string ndarrays,
-    Arrow ``string`` columns: those columns are copied). ``arrow`` encoding copies.
+    Zero-copy except where a column must be rebuilt: string ndarrays, Arrow ``string`` (not
+    ``large_string``) columns, object string columns of pandas frames, nullable and categorical
+    pandas columns (see :mod:`.frames`).
     """
     import numpy as np
 
     extra = ref.extra or {}
     if ref.encoding == "json":
         return bytes(np.asarray(stored, dtype=np.uint8)).decode("utf-8")
+    if ref.type.split(".")[0] in optional_types.MODULES:
+        return optional_types.decode(stored, ref)
     if ref.encoding == "arrow":
-        frame = _restore_arrow(stored, extra).to_pandas()
-        if ref.type == "pandas.Series":
-            return frame.iloc[:, 0].rename(extra.get("series_name"))
-        return frame
+        return frames.decode(stored, ref)
     if ref.type == "numpy.ndarray" and "astype" in extra:
         return np.asarray(stored).astype(extra["astype"])
-    if ref.type in ("pyarrow.Table", "pyarrow.RecordBatch", "pyarrow.ChunkedArray", "pyarrow.Array"):
-        import pyarrow as pa
-
-        stored = _restore_arrow(stored, extra)
-        if ref.type == "pyarrow.ChunkedArray":
-            return stored.column(0)
-        if ref.type == "pyarrow.Array":  # one chunk: no copy
-            return stored.column(0).combine_chunks()
-        if ref.type == "pyarrow.RecordBatch":
-            columns = [c.combine_chunks() for c in stored.columns]
-            return pa.RecordBatch.from_arrays(columns, schema=stored.schema)
-        return stored
-    if "index_freq" in extra:
+    if ref.type in _ARROW_TYPES:
+        return _decode_arrow(stored, ref.type, extra)
+    if "index_freq" in extra:  # a pandas value stored by Vineyard's pandas builder (older refs)
         import pandas as pd
 
         # A new index object over the same values; the data stays zero-copy.
@@ -376,19 +172,38 @@ def decode(stored: Any, ref: VineyardReference) -> Any:
     return stored
 
 
-def check_read_back(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> None:
-    """Compare the structure of ``stored`` (what ``client.get`` returned) with ``value`` (what was put).
+def _decode_arrow(stored: Any, kind: str, extra: dict[str, Any]) -> Any:
+    import pyarrow as pa
 
-    Checks type, shape, dtypes, column labels and index; not every element (that would cost a
-    full scan). Runs in the producer, so a value Vineyard mangles fails at push time.
+    stored = restore_arrow(stored, extra)
+    if kind == "pyarrow.ChunkedArray":
+        return stored.column(0)
+    if kind == "pyarrow.Array":  # one chunk: no copy
+        return stored.column(0).combine_chunks()
+    if kind == "pyarrow.RecordBatch":
+        columns = [c.combine_chunks() for c in stored.columns]
+        return pa.RecordBatch.from_arrays(columns, schema=stored.schema)
+    return stored
+
+
+def check_read_back(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> None:
+    """Compare ``stored`` (what ``client.get`` returned) with ``value`` (what was put).
+
+    Checks type, shape, dtypes/schema, column labels and index, never every element: Arrow
+    tables (pandas and polars frames too) compare their schema and metadata and convert only
+    their first rows; arrays and tensors are zero-copy views. Runs in the producer, so a value
+    Vineyard mangles fails at push time.
 
     :raises VineyardReadBackError: naming the XCom and the first difference found.
     """
-    if encoded.encoding == "arrow":
-        # Compare the stored table only; Arrow's own to_pandas() is trusted to rebuild pandas.
-        problem = _difference(encoded.payload, stored, lenient_strings=True)
+    if encoded.type.split(".")[0] in optional_types.MODULES:
+        problem = optional_types.check(encoded, value, stored, ref)
+    elif encoded.encoding == "arrow":
+        problem = frames.check(encoded, value, stored, ref)
+    elif encoded.type in _ARROW_TYPES:
+        problem = _arrow_head_difference(encoded, value, stored, ref)
     else:
-        problem = _difference(value, decode(stored, ref))
+        problem = value_difference(value, decode(stored, ref))
     if problem:
         raise errors.VineyardReadBackError(
             f"XCom {ref.key!r} of task {ref.producer!r} (DAG {ref.dag_id!r}, run {ref.run_id!r}): "
@@ -398,7 +213,15 @@ def check_read_back(encoded: Encoded, value: Any, stored: Any, ref: VineyardRefe
         )
 
 
-def _difference(value: Any, got: Any, lenient_strings: bool = False) -> str | None:
+def _arrow_head_difference(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> str | None:
+    if stored.num_rows != encoded.payload.num_rows:
+        return f"got {stored.num_rows} rows instead of {encoded.payload.num_rows}"
+    rows = min(frames.HEAD_ROWS, len(value))
+    return value_difference(value.slice(0, rows), decode(stored.slice(0, rows), ref))
+
+
+def value_difference(value: Any, got: Any, lenient_strings: bool = False) -> str | None:
+    """The first structural difference between ``value`` and ``got`` (same kind), or None."""
     import numpy as np
     import pandas as pd
     import pyarrow as pa
@@ -466,7 +289,7 @@ def _arrow_type_difference(want: Any, got: Any, lenient_strings: bool) -> str | 
 def encode_json(text: str) -> Encoded:
     """Store Airflow-serialised JSON ``text`` (above the inline threshold) as a ``uint8`` tensor.
 
-    Raw ``bytes`` cannot be named in Vineyard (Blobs cannot be persisted, vineyard.md section 4),
+    Raw ``bytes`` cannot be named in Vineyard (Blobs cannot be persisted, docs/design.md §3),
     so the text travels as a 1-D ``uint8`` array and :func:`decode` turns it back into ``str``.
     """
     import numpy as np

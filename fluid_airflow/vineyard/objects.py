@@ -18,7 +18,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from fluid_airflow import config
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard import admission, calls, codec, migration
+from fluid_airflow.vineyard import admission, calls, codec, inflight, migration
 from fluid_airflow.vineyard.naming import xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
 
@@ -58,101 +58,110 @@ def _put(
     except vineyard.ObjectNotExistsException:
         previous = None
     needed = admission.payload_nbytes(encoded.payload)
-    admission.check_room(client, needed, what=encoded.type, scope=scope)  # before any allocation
-    try:
-        # Transient first, persisted below: when the persist cannot reach etcd, the id is known
-        # and the object can be deleted instead of staying behind unnamed.
-        object_id = client.put(encoded.payload)
-    except vineyard.NotEnoughMemoryException as exc:
-        raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
-    except Exception as exc:
-        if calls.is_connection_failure(exc):
-            raise  # not the value's fault: guarded() names it
-        raise errors.UnsupportedXComValueError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "
-            f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
-            "decimals to float or str) before returning it."
-        ) from exc
-    try:
-        client.persist(object_id)  # names and metadata visible to every vineyardd on its etcd
-        meta = client.get_meta(object_id)
-        ref = VineyardReference(
-            object_id=repr(object_id),
-            name=name,
-            type=encoded.type,
-            encoding=encoded.encoding,
-            typename=meta.typename,
-            bytes=int(meta.memory_usage),
-            map_index=index,
-            host=_hostname(client),
-            socket=str(client.ipc_socket) if client.is_ipc else "",
-            instance_id=int(client.instance_id),
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            shape=encoded.shape,
-            dtype=encoded.dtype,
-            columns=encoded.columns,
-            extra=encoded.extra,
-            expires=_expiry(),
-            **scope,
-        )
-        if meta.typename == "vineyard::PickleBuffer":
-            raise errors.VineyardReadBackError(
-                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
-                f"{encoded.type}; such objects cannot be read back reliably by other processes. "
-                "Nothing was recorded."
-            )
+
+    def admit(pending: Any, at_most: int) -> None:  # under the in-flight lock: before any allocation
+        admission.check_room(client, needed, what=encoded.type, scope=scope, pending=pending, at_most=at_most)
+
+    # Everything the put creates is recorded; on any failure below it is deleted again.
+    with inflight.tracked(client, needed, name, admit, reconnect=lambda: _fresh(client)) as put:
         try:
-            stored = client.get(object_id)
+            # Transient first, persisted below: when the persist cannot reach etcd, the id is
+            # known and the object can be deleted instead of staying behind unnamed.
+            object_id = client.put(encoded.payload)
+        except vineyard.NotEnoughMemoryException as exc:
+            raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
         except Exception as exc:
-            raise errors.VineyardReadBackError(
-                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard stored the {encoded.type} "
-                f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
-                "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
+            if calls.is_connection_failure(exc):
+                raise  # not the value's fault: guarded() names it
+            raise errors.UnsupportedXComValueError(
+                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "
+                f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
+                "decimals to float or str) before returning it."
             ) from exc
-        codec.check_read_back(encoded, original, stored, ref)
-        del stored  # drop the zero-copy views before the name is published
+        put.stored(object_id)
+        ref = _checked_reference(client, object_id, encoded, original, scope, name, index)
         client.put_name(object_id, name)
-    except BaseException:
-        _roll_back(client, object_id)
-        raise
     if previous is not None and previous != object_id:
         _delete_quietly(client, previous)  # the retried/cleared task's earlier object
     log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
     return ref
 
 
-def _expiry() -> str:
-    """When this push's objects are released, in words, from ``[fluid] keep_for``."""
-    keep_for = config.get_int("keep_for")
-    if keep_for == 0:
-        return "at run end"
-    return f"{keep_for} s after run end" if keep_for > 0 else "never (release task or gc)"
+def _checked_reference(
+    client: Any,
+    object_id: Any,
+    encoded: codec.Encoded,
+    original: Any,
+    scope: dict[str, Any],
+    name: str,
+    index: int,
+) -> VineyardReference:
+    """Persist the put object, read it back, check it and return its reference (not yet named).
 
-
-def _roll_back(client: Any, object_id: Any) -> None:
-    """Delete a put whose name was never published; the caller re-raises the original error.
-
-    After a timed-out call vineyard's client is disconnected, so the delete is retried once on a
-    fresh connection (measured: with etcd down a transient object still deletes at once).
+    :raises VineyardReadBackError: pickled by Vineyard, or what it gives back differs.
     """
+    client.persist(object_id)  # names and metadata visible to every vineyardd on its etcd
+    meta = client.get_meta(object_id)
+    ref = VineyardReference(
+        object_id=repr(object_id),
+        name=name,
+        type=encoded.type,
+        encoding=encoded.encoding,
+        typename=meta.typename,
+        bytes=int(meta.memory_usage),
+        map_index=index,
+        host=_hostname(client),
+        socket=str(client.ipc_socket) if client.is_ipc else "",
+        instance_id=int(client.instance_id),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        shape=encoded.shape,
+        dtype=encoded.dtype,
+        columns=encoded.columns,
+        extra=encoded.extra,
+        expires=_expiry(),
+        **scope,
+    )
+    if meta.typename == "vineyard::PickleBuffer":
+        raise errors.VineyardReadBackError(
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
+            f"{encoded.type}; such objects cannot be read back reliably by other processes. "
+            "Nothing was recorded."
+        )
     try:
-        client.delete(object_id)
-        return
+        stored = client.get(object_id)
     except Exception as exc:
-        if not calls.is_connection_failure(exc):
-            raise
-    try:
-        if client.is_ipc:
-            from fluid_airflow.hooks.vineyard import VineyardHook
+        raise errors.VineyardReadBackError(
+            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard stored the {encoded.type} "
+            f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
+            "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
+        ) from exc
+    codec.check_read_back(encoded, original, stored, ref)
+    del stored  # drop the zero-copy views before the name is published
+    return ref
 
-            VineyardHook(ipc_socket=str(client.ipc_socket)).get_conn().delete(object_id)
-            return
-    except Exception as exc:
-        if not calls.is_connection_failure(exc) and not isinstance(exc, errors.VineyardConnectionError):
-            raise
-    # A died vineyardd lost the object with everything else; a hung one keeps it, unnamed, until
-    # it is restarted. Either way the original error is the one to report.
-    log.warning("Could not delete unnamed Vineyard object %r after a failed push", object_id)
+
+def _expiry() -> str:
+    """When this push's objects are released, in words, from ``[fluid] keep_for`` and
+    ``keep_failed_for`` (:func:`fluid_airflow.config.retention`)."""
+
+    def when(seconds: int) -> str:
+        if seconds == 0:
+            return "at run end"
+        return f"{seconds} s after run end" if seconds > 0 else "never (release task or gc)"
+
+    ok, failed = config.retention("success"), config.retention("failed")
+    return when(ok) if ok == failed else f"{when(ok)}; if the run fails, {when(failed)}"
+
+
+def _fresh(client: Any) -> Any:
+    """A new connection to ``client``'s vineyardd: after a timed-out call vineyard's client is
+    disconnected, and deleting a failed put's objects needs one (measured: with etcd down a
+    transient object still deletes at once)."""
+    from fluid_airflow.hooks.vineyard import VineyardHook
+
+    if not client.is_ipc:
+        raise errors.VineyardConnectionError("no IPC socket to reconnect to")
+    return VineyardHook(ipc_socket=str(client.ipc_socket)).get_conn()
 
 
 def _hostname(client: Any) -> str:
@@ -225,7 +234,7 @@ def _holder_gone(client: Any, holder: int) -> str | None:
 
     With etcd metadata an object's entry outlives its vineyardd: a restarted vineyardd joins as a
     new, higher instance id, and etcd keeps the old instance's record (same IPC socket, same
-    host), so the metadata is found while the payload is nowhere (vineyard.md sections 7, 8).
+    host), so the metadata is found while the payload is nowhere (docs/design.md §9, §11).
     """
     if holder == int(client.instance_id):
         return None
@@ -262,21 +271,34 @@ def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
 
 
 def release(client: Any, ref: VineyardReference) -> bool:
-    """Delete the object behind ``ref`` and its name (if the name still points at it).
+    """Delete the object behind ``ref``, its name and its migrated copies.
 
-    :returns: True when an object was deleted, False when it was already gone.
+    Only the object the name points at is deleted: when the name is gone or points at another
+    object, ``ref.object_id`` is not (or no longer) this name's object, and is left alone (a
+    reference can be copied into another XCom row; its id must not be trusted on its own).
+
+    :returns: True when an object was deleted, False when there was none to delete.
     :raises VineyardConnectionError: the connection broke, timed out, or etcd is unreachable.
     """
     import vineyard
 
     object_id = vineyard.ObjectID(ref.object_id)
     with calls.guarded(client, f"releasing object {ref.name} ({ref.object_id})"):
-        try:
-            if client.get_name(ref.name) == object_id:
-                client.drop_name(ref.name)
-        except vineyard.ObjectNotExistsException:
-            pass
         migration.release_copies(client, ref)
+        try:
+            named = client.get_name(ref.name)
+        except vineyard.ObjectNotExistsException:
+            return False  # released already, or vineyardd restarted
+        if named != object_id:
+            log.warning(
+                "Not deleting Vineyard object %s: its name %s now points at %r (a re-pushed XCom); the "
+                "reference is stale",
+                ref.object_id,
+                ref.name,
+                named,
+            )
+            return False
+        client.drop_name(ref.name)
         return _delete_quietly(client, object_id)
 
 

@@ -1,7 +1,7 @@
 """The JSON reference the Vineyard XCom backend stores in Airflow's DB instead of the payload.
 
 A reference is a flat JSON object, readable as-is in the Airflow UI's XCom view (the API
-server never runs custom backends, airflow.md section 5.3). Example::
+server never runs custom backends, docs/design.md §12). Example::
 
     {"__vineyard_ref__": 1, "type": "pandas.DataFrame", "shape": [327346, 19], "bytes": 53142032,
      "object_id": "o688a4b364d800144", "name": "airflow/flights/manual__.../clean/-1/return_value",

@@ -1,13 +1,14 @@
 """Release every Vineyard object of one DAG run (the XCom backend's objects, found by name).
 
-Vineyard never frees an object by itself (shared notes vineyard.md section 1) and Airflow calls
-the backend's ``purge`` only when a task is retried or cleared (airflow.md section 5.3), so a
+Vineyard never frees an object by itself (docs/design.md §2) and Airflow calls the backend's
+``purge`` only when a task is retried or cleared (docs/design.md §13), so a
 finished run's objects stay in shared memory until something releases them: this module, used
 by :class:`~fluid_airflow.operators.release.FluidReleaseRunOperator`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from fluid_airflow import config
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import run_name_prefix
 
-LIST_LIMIT = 1_000_000  # list_names defaults to 5 results (vineyard.md section 4)
+LIST_LIMIT = 1_000_000  # list_names defaults to 5 results (docs/design.md §3)
 
 
 @dataclass
@@ -24,9 +25,11 @@ class ReleaseReport:
 
     names: list[str] = field(default_factory=list)
     bytes: int = 0
+    skipped: str = ""  # why nothing was released, when it was not
 
     @property
     def objects(self) -> int:
+        """How many objects were (or would be) released."""
         return len(self.names)
 
 
@@ -36,15 +39,33 @@ def run_objects(client: Any, dag_id: str, run_id: str) -> dict[str, Any]:
     return dict(client.list_names(prefix + "*", limit=LIST_LIMIT).items())
 
 
-def release_run(client: Any, dag_id: str, run_id: str, *, dry_run: bool = False) -> ReleaseReport:
+def release_run(
+    client: Any,
+    dag_id: str,
+    run_id: str,
+    *,
+    dry_run: bool = False,
+    still_ended: Callable[[], bool] | None = None,
+) -> ReleaseReport:
     """Delete (unless ``dry_run``) every object of the DAG run and drop its name.
 
-    Objects already gone are skipped; their names are dropped all the same.
+    Objects already gone are skipped; their names are dropped all the same. A name a new put
+    has repointed since it was listed keeps its new object (:func:`delete_named`).
+
+    :param still_ended: asked once, after the names are listed and before anything is deleted;
+        False releases nothing (``report.skipped`` says why). The scheduler's run-end release
+        passes a check that the run was not cleared since it ended: it runs in a child process
+        that may start seconds later, when a cleared run's tasks may already have put new objects
+        under the same names.
     """
     import vineyard
 
     report = ReleaseReport()
-    for name, object_id in sorted(run_objects(client, dag_id, run_id).items()):
+    listed = sorted(run_objects(client, dag_id, run_id).items())
+    if still_ended is not None and not still_ended():
+        report.skipped = "the DAG run was cleared or is running again since it ended"
+        return report
+    for name, object_id in listed:
         try:
             size = held_bytes(client.get_meta(object_id))
         except vineyard.ObjectNotExistsException:
@@ -52,9 +73,23 @@ def release_run(client: Any, dag_id: str, run_id: str, *, dry_run: bool = False)
         if size is not None:
             report.names.append(name)
             report.bytes += size
-        if dry_run:
-            continue
-        if size is not None:
-            client.delete(object_id)
-        client.drop_name(name)
+        if not dry_run:
+            delete_named(client, name, object_id)
     return report
+
+
+def delete_named(client: Any, name: str, object_id: Any) -> None:
+    """Delete the object, and its name if that still points at it.
+
+    The one delete of a named XCom object (release, gc): between listing a name and deleting it,
+    a retried or cleared task may have repointed the name to its new object, which must stay.
+    ``client.delete`` of an object already gone is a silent no-op (docs/design.md §2).
+    """
+    import vineyard
+
+    try:
+        if client.get_name(name) == object_id:
+            client.drop_name(name)
+    except vineyard.ObjectNotExistsException:
+        pass
+    client.delete(object_id)

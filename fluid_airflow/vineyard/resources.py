@@ -8,11 +8,12 @@
   :func:`query_instance` probe an IPC socket (raw connect, then a vineyard client handshake);
   :func:`wait_for_exit` waits for a process to end.
 
-Why the cgroup matters: vineyardd allocates its arena with ``memfd_create(2)`` (shared notes
-vineyard.md section 3), which appears neither in ``/dev/shm`` nor in ``df`` and is charged to the
-cgroup of the process that touches the pages. A container's limit is invisible to ``psutil`` (it
-reads the host's ``/proc/meminfo``), and exceeding it makes clients die with SIGBUS (v6d #38, #316,
-#574) or the OOM killer step in, long after vineyardd started happily.
+Why the cgroup matters: vineyardd allocates its arena with ``memfd_create(2)`` (v6d
+``src/server/memory/malloc.cc`` @ v0.24.2; docs/design.md §6), which appears neither in ``/dev/shm``
+nor in ``df`` and is charged to the cgroup of the process that touches the pages (Linux
+``Documentation/admin-guide/cgroup-v2.rst``, "Memory Ownership"). A container's limit is invisible
+to ``psutil`` (it reads the host's ``/proc/meminfo``), and exceeding it makes clients die with
+SIGBUS (v6d #38, #316, #574) or the OOM killer step in, long after vineyardd started happily.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from fluid_airflow.exceptions import (
 KiB = 1 << 10
 GiB = 1 << 30
 
-#: vineyardd's multipliers (``parse_memory_size`` in v6d ``src/common/util/env.cc``): every suffix is
-#: a power of two, with or without ``i``: ``1G`` == ``1Gi`` == 2**30 bytes (unlike Kubernetes).
+#: vineyardd's multipliers (``parse_memory_size``, v6d ``src/common/util/env.cc`` @ v0.24.2): every
+#: suffix is a power of two, with or without ``i``: ``1G`` == ``1Gi`` == 2**30 bytes (unlike Kubernetes).
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
 
 _SIZE_RE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>[kmgtpe]i?)?", re.IGNORECASE)
@@ -289,7 +290,7 @@ def socket_answers(path: str | os.PathLike[str], timeout: float = 1.0) -> bool:
 
 @contextlib.contextmanager
 def _skip_ipc_retry() -> Iterator[None]:
-    # The client retries a failing IPC connect for 10 s; with this variable once, for ~1 s (notes §4).
+    # The client retries a failing IPC connect for 10 s; with this variable once, ~1 s (design.md §4).
     previous = os.environ.get("VINEYARD_IPC_SKIP_RETRY")
     os.environ["VINEYARD_IPC_SKIP_RETRY"] = "1"
     try:

@@ -5,13 +5,17 @@ Enable with one config line::
     AIRFLOW__CORE__XCOM_BACKEND=fluid_airflow.vineyard.xcom.VineyardXComBackend
 
 What goes where (``serialize_value``):
-- numpy arrays, pandas DataFrames/Series, pyarrow Tables/RecordBatches/Arrays/ChunkedArrays:
+- numpy arrays and pandas DataFrames whose data is below ``[fluid] inline_payload_floor`` bytes
+  and that round-trip exactly: inline in the DB, with a one-line ``summary`` (:mod:`.inline`);
+- other numpy arrays, pandas DataFrames/Series, pyarrow Tables/RecordBatches/Arrays/ChunkedArrays:
   put into Vineyard under a run-scoped name; the DB row is a :class:`VineyardReference` dict;
+- dicts, lists and tuples holding such values: a tree row (:mod:`.tree`) starting with a
+  one-line ``summary``, each leaf inline or in Vineyard by the rules above;
 - other values Airflow can serialise: inline in the DB when their JSON is smaller than
   ``[fluid] inline_threshold`` bytes, else into Vineyard as JSON text;
 - anything else: :class:`errors.UnsupportedXComValueError` in the producer.
 
-Airflow 3 runs backend methods only in task processes (airflow.md section 5.3): ``set`` ->
+Airflow 3 runs backend methods only in task processes (docs/design.md §12, §13): ``set`` ->
 ``serialize_value``; ``get_one``/``get_all``/lazy mapped sequences -> ``deserialize_value``;
 ``delete`` (retry/clear of a task, ``TIRunContext.xcom_keys_to_clear``) -> ``purge``. Source:
 ``airflow/sdk/bases/xcom.py`` and ``airflow/sdk/execution_time/lazy_sequence.py`` (task-sdk 1.3.2).
@@ -39,7 +43,7 @@ from fluid_airflow import exceptions as errors
 # The module, not the name: Airflow resolves this backend from its config while the hook module
 # may still be initialising (it imports airflow.sdk), and a name import would then fail.
 from fluid_airflow.hooks import vineyard as vineyard_hooks
-from fluid_airflow.vineyard import codec, migration, objects, tree
+from fluid_airflow.vineyard import codec, inline, migration, naming, objects, outputs, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
 if TYPE_CHECKING:
@@ -48,12 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Result = namedtuple("_Result", ["value"])
-
-# Values this task instance pushed, by key, so that the whole-dict ``return_value`` push that
-# Airflow makes after the per-key pushes of ``multiple_outputs`` reuses those objects instead of
-# storing every array twice. Holds at most one task instance's pushes; cleared at return_value.
-_pushed: dict[str, Any] = {"scope": None, "order": []}
-
 
 # Set by @task.fluid while Airflow resolves a task's arguments: references then stay references
 # (the payload must not be loaded in the Airflow worker), and by the pod/subprocess runner to
@@ -149,10 +147,11 @@ class VineyardXComBackend(BaseXCom):
         :raises VineyardReadBackError: Vineyard cannot give the value back intact.
         :raises VineyardConnectionError: vineyardd does not answer.
         """
-        if is_reference(value) or tree.is_tree(value):
-            return value  # already in Vineyard (e.g. returned by a pod): keep the reference
+        if tree.is_backend_row(value):
+            return value  # already in our DB form (e.g. returned by a pod): keep it as is
         scope = {"key": key, "task_id": task_id, "dag_id": dag_id, "run_id": run_id}
-        for option in ("inline_threshold", "keep_for"):  # a bad setting fails every push, not some
+        # A bad setting fails every push, not some.
+        for option in ("inline_threshold", "inline_payload_floor", "keep_for"):
             config.get_int(option)
         try:
             return _serialize(value, scope, map_index)
@@ -169,15 +168,18 @@ class VineyardXComBackend(BaseXCom):
         """Return the value of an XCom row; references are resolved from Vineyard.
 
         ``result`` is an ``XComResult`` or any object with ``.value`` (``get_all`` and lazy
-        mapped sequences pass a wrapper). Arrays and native DataFrames come back as read-only
-        zero-copy views; ``.copy()`` before mutating.
+        mapped sequences pass a wrapper). Arrays and native DataFrames read from Vineyard come
+        back as read-only zero-copy views (``.copy()`` before mutating); inline ones are new
+        writable objects. Within :func:`references_only` every row of ours stays a dict.
 
         :raises VineyardObjectLostError: the referenced object is gone or was replaced.
         """
-        if (is_reference(result.value) or tree.is_tree(result.value)) and not _resolve_references.get():
+        if tree.is_backend_row(result.value) and not _resolve_references.get():
             return result.value
         if is_reference(result.value):
             return resolve(VineyardReference.from_json(result.value))
+        if inline.is_inline(result.value):
+            return inline.decode(result.value)
         if tree.is_tree(result.value):
             return tree.from_tree(
                 result.value,
@@ -202,24 +204,64 @@ class VineyardXComBackend(BaseXCom):
         if is_reference(value):
             refs = [VineyardReference.from_json(value)]
         elif tree.is_tree(value):
-            # Only the leaves this XCom owns; multiple_outputs leaves belong to their own keys.
-            key = getattr(xcom, "key", None)
-            leaves = [VineyardReference.from_json(r) for r in tree.tree_refs(value)]
-            refs = [r for r in leaves if (r.key.startswith(f"{key}.") if key else "." in r.key)]
+            refs = [VineyardReference.from_json(r) for r in tree.tree_refs(value)]
         else:
             return
         for ref in refs:
+            owner = _row_owns(xcom, ref)
+            if owner is not True:
+                if owner:  # multiple_outputs leaves belong to their own keys: no warning
+                    log.warning(owner)
+                continue
             try:
                 release(ref)
             except Exception as exc:
                 log.warning("Could not release Vineyard object %s (%s): %s", ref.object_id, ref.name, exc)
 
 
+def _row_owns(xcom: Any, ref: VineyardReference) -> bool | str:
+    """True when ``ref`` names an object of this XCom row's own scope, else why not ("" when
+    it is a sibling key of the same task instance, which is not worth a warning).
+
+    Decided from the object *name* only (DAG, run, task, map index, key): the other fields of a
+    reference are just what the row says, and a row can be edited (REST PATCH) to hold another
+    DAG's reference, whose object purge must not delete.
+    """
+    row = {
+        "dag_id": getattr(xcom, "dag_id", None),
+        "run_id": getattr(xcom, "run_id", None),
+        "task_id": getattr(xcom, "task_id", None),
+        "map_index": getattr(xcom, "map_index", -1),
+    }
+    key = str(getattr(xcom, "key", ""))
+    try:
+        parts = naming.split_xcom_object_name(ref.name)
+    except ValueError:
+        parts = {}
+    same_instance = parts.get("prefix") == config.get("name_prefix") and all(
+        parts.get(k) == (-1 if k == "map_index" and v is None else v) for k, v in row.items()
+    )
+    if same_instance and (parts["key"] == key or str(parts["key"]).startswith(f"{key}.")):
+        return True
+    if same_instance:
+        return ""
+    return (
+        f"Not deleting Vineyard object {ref.object_id} ({ref.name}) while purging XCom {key!r} of task "
+        f"{row['task_id']!r} (DAG {row['dag_id']!r}, run {row['run_id']!r}, map index {row['map_index']}): "
+        "the object's name belongs to another XCom, so the row was edited to hold a foreign reference. "
+        "Its own XCom still owns it; release it from there (or with fluid-airflow gc)."
+    )
+
+
 def _serialize(value: Any, scope: dict[str, Any], map_index: int | None) -> Any:
     if codec.is_vineyard_type(value):
+        row = inline.encode(value, config.get_int("inline_payload_floor"))
+        if row is not None:
+            outputs.remember(scope, map_index, value, None)  # nothing stored: nothing to reuse
+            return row
         _require_scope(scope, type(value))
         ref = _store(codec.encode(value), value, scope, map_index).to_json()
-        _remember(scope, map_index, value, ref)
+        outputs.remember(scope, map_index, value, ref)
         return ref
     if tree.contains_vineyard(value):
         _require_scope(scope, type(value))
@@ -227,11 +269,11 @@ def _serialize(value: Any, scope: dict[str, Any], map_index: int | None) -> Any:
     serialized = _serde(value, scope)
     text = _json_text(serialized)
     if len(text.encode("utf-8")) < config.get_int("inline_threshold"):
-        _remember(scope, map_index, value, None)
+        outputs.remember(scope, map_index, value, None)
         return serialized
     _require_scope(scope, type(value))
     ref = _store(codec.encode_json(text), text, scope, map_index).to_json()
-    _remember(scope, map_index, value, None)  # JSON text is not reused: it is not the object
+    outputs.remember(scope, map_index, value, None)  # JSON text is not reused: it is not the object
     return ref
 
 
@@ -255,32 +297,9 @@ def _require_scope(scope: dict[str, str | None], kind: type) -> None:
         )
 
 
-def _remember(scope: dict[str, Any], map_index: int | None, value: Any, ref: dict[str, Any] | None) -> None:
-    current = (scope["dag_id"], scope["run_id"], scope["task_id"], map_index)
-    if _pushed["scope"] != current:
-        _pushed.update(scope=current, order=[])
-    _pushed["order"].append((scope["key"], value, ref))
-
-
-def _multiple_outputs_pushes(value: Any, scope: dict[str, Any], map_index: int | None) -> dict[str, Any]:
-    """The per-key pushes to reuse for this ``return_value`` dict, or {}.
-
-    Reused only for the exact pattern of a ``multiple_outputs`` task: the last pushes of this
-    task instance were each key of this very dict, in order, with these very objects, and now
-    the dict itself is pushed as ``return_value`` (task_runner._push_xcom_if_needed, task-sdk
-    1.3.2, makes those pushes back to back, with no user code in between).
-    """
-    current = (scope["dag_id"], scope["run_id"], scope["task_id"], map_index)
-    if scope["key"] != BaseXCom.XCOM_RETURN_KEY or not isinstance(value, dict) or _pushed["scope"] != current:
-        return {}
-    recent = _pushed["order"][-len(value) :] if value else []
-    if [k for k, _, _ in recent] != list(value) or any(value[k] is not v for k, v, _ in recent):
-        return {}
-    return {k: (v, ref) for k, v, ref in recent if ref is not None}
-
-
 def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dict[str, Any]:
-    siblings = _multiple_outputs_pushes(value, scope, map_index)
+    siblings = outputs.multiple_outputs_pushes(value, scope, map_index)
+    floor = config.get_int("inline_payload_floor")
 
     def store(leaf: Any, path: list[str]) -> dict[str, Any]:
         if len(path) == 1 and path[0] in siblings and siblings[path[0]][0] is leaf:
@@ -291,9 +310,12 @@ def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dic
     stored: list[dict[str, Any]] = []
 
     def store_new(leaf: Any, path: list[str]) -> dict[str, Any]:
+        row = inline.encode(leaf, floor)
+        if row is not None:
+            return {"inline": row}
         ref = store(leaf, path)
         stored.append(ref)
-        return ref
+        return {"ref": ref}
 
     try:
         result = tree.to_tree(value, store_new, lambda plain: _serde(plain, scope))
@@ -307,7 +329,7 @@ def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dic
         raise
     finally:
         if scope["key"] == BaseXCom.XCOM_RETURN_KEY:
-            _pushed.update(scope=None, order=[])  # the last push of a task instance
+            outputs.forget()  # the last push of a task instance
 
 
 def _serde(value: Any, scope: dict[str, str | None]) -> Any:

@@ -1,4 +1,4 @@
-"""Test DAG: the Fluid operators against the Kubernetes API test double, waiting deferred."""
+"""Test DAG: the Fluid operators on the real control plane (tests/test_k8s_operators.py), waiting deferred."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ def fa_fluid_k8s():
     bind = FluidBindVineyardRuntimeOperator(
         task_id="bind_runtime",
         dataset_name="flights",
-        replicas=2,
-        cache_capacity="30Gi",
+        replicas=1,
+        cache_capacity="2Gi",
         deferrable=True,
-        timeout=30,
-        poll_interval=0.2,
+        timeout=240,
+        poll_interval=1,
         fluid_conn_id=CONN,
     )
 
@@ -30,7 +30,7 @@ def fa_fluid_k8s():
         return f"{runtime['namespace']}/{runtime['name']} at {runtime['mount_path']}"
 
     cleanup = FluidCleanupOperator(
-        task_id="cleanup", dataset_name="flights", poll_interval=0.2, fluid_conn_id=CONN
+        task_id="cleanup", dataset_name="flights", poll_interval=1, fluid_conn_id=CONN
     )
     create >> bind
     use(bind.output) >> cleanup.as_teardown(setups=[create, bind])

@@ -38,7 +38,8 @@ def fa_fluid_task():
 
         import numpy as np
 
-        return np.full(10, float(k) * int(os.environ["FACTOR"]))
+        # 16 KB: above the default inline floor, so the mapped results are in Vineyard.
+        return np.full(2000, float(k) * int(os.environ["FACTOR"]))
 
     @task.fluid(dataset_name=DATASET, retries=1, retry_delay=timedelta(seconds=0))
     def summarize(data, scaled, marker_dir: str) -> dict:
