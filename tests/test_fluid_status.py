@@ -51,6 +51,19 @@ def test_not_bound_is_pending_and_names_conditions_and_pending_pods():
     assert "ds-worker-1 Pending (Unschedulable: 0/3 nodes)" in verdict.message
 
 
+def test_master_pod_running_but_not_ready_is_named():
+    """The runtime's pods include its master: a master that never turns Ready is named with the
+    reason its Ready condition gives, so a bind that times out says which pod held it up."""
+    not_ready = [{"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "etcd"}]
+    verdict = evaluate(
+        dataset("NotBound"),
+        runtime(ready=0, worker_phase="NotReady"),
+        [pod("ds-master-0", conditions=not_ready), pod("ds-worker-0")],
+    )
+    assert verdict.state == PENDING
+    assert "pods not ready: ds-master-0 Running, not Ready (ContainersNotReady: etcd)" in verdict.message
+
+
 def test_failed_dataset_or_hopeless_pod_is_failed():
     assert evaluate(dataset("Failed"), runtime(), []).state == FAILED
     verdict = evaluate(

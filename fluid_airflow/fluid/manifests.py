@@ -160,6 +160,13 @@ def worker_selector(name: str) -> str:
     return f"app=vineyard,role=vineyard-worker,release={name}"
 
 
+def runtime_pods_selector(name: str) -> str:
+    """Label selector of the master (etcd) and worker pods of VineyardRuntime ``name`` (Fluid v1.0.8
+    ``charts/vineyard/templates/{master,worker}/statefulset.yaml``: ``role`` is ``vineyard-master`` or
+    ``vineyard-worker``)."""
+    return f"app=vineyard,role in (vineyard-master,vineyard-worker),release={name}"
+
+
 def parse_quantity(value: str | int, what: str) -> int:
     """Bytes of a Kubernetes quantity (``30Gi``, ``512Mi``, ``1G``), via the kubernetes client.
 

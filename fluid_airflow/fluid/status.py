@@ -4,9 +4,9 @@ Fluid marks a Dataset ``Bound`` once the runtime's master and at least one worke
 (docs/design.md §16), and its Vineyard health check counts a partially ready worker set as ready,
 so ``Bound`` alone does not mean the cache is usable. Ready here means: Dataset ``Bound`` **and**
 the VineyardRuntime's ``workerNumberReady`` reaches ``spec.replicas`` with ``workerPhase: Ready``.
-Failed means: Dataset ``Failed``, the Dataset being deleted, a worker pod that cannot start (an
-invalid image name, a container that cannot be created) or has failed, or a worker pod in a
-transient state (``CrashLoopBackOff``, image pull errors) for longer than the grace period.
+Failed means: Dataset ``Failed``, the Dataset being deleted, a runtime pod (master or worker) that
+cannot start (an invalid image name, a container that cannot be created) or has failed, or such a
+pod in a transient state (``CrashLoopBackOff``, image pull errors) for longer than the grace period.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def not_ready_since(pod: dict[str, Any]) -> datetime | None:
 def pod_problem(
     pod: dict[str, Any], now: datetime | None = None, grace: float = TRANSIENT_GRACE
 ) -> tuple[str, str] | None:
-    """``(kind, text)`` for a worker pod that is not running: kind ``failed`` or ``pending``.
+    """``(kind, text)`` for a runtime pod (master or worker) that is not running, or running but
+    not Ready: kind ``failed`` or ``pending``; ``None`` for a pod that is fine.
 
     A transient waiting reason (``CrashLoopBackOff``, ``ErrImagePull``, ``ImagePullBackOff``) is
     pending for ``grace`` seconds after the pod stopped being Ready (:func:`not_ready_since`), then
@@ -102,7 +103,12 @@ def pod_problem(
             return FAILED, f"{name} {reason}: {waiting.get('message', '')}".rstrip(": ")
         if reason in _TRANSIENT:
             return _transient(pod, reason, str(waiting.get("message") or ""), now, grace)
-    if phase != "Running":
+    if phase == "Running":
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if ready.get("status") == "False":  # running, but its readiness probe (or kubelet) says no
+            said = ": ".join(str(ready[k]) for k in ("reason", "message") if ready.get(k))
+            return PENDING, f"{name} Running, not Ready" + (f" ({said})" if said else "")
+    else:
         why = [
             f"{c.get('reason')}: {c.get('message', '')}"
             for c in status.get("conditions") or []
@@ -129,11 +135,12 @@ def _transient(
 def evaluate(
     dataset: dict[str, Any] | None,
     runtime: dict[str, Any] | None,
-    worker_pods: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
     now: datetime | None = None,
     grace: float = TRANSIENT_GRACE,
 ) -> Readiness:
-    """Judge readiness from the Dataset, the VineyardRuntime and the runtime's worker pods.
+    """Judge readiness from the Dataset, the VineyardRuntime and the runtime's pods (master and
+    workers, :func:`~fluid_airflow.fluid.manifests.runtime_pods_selector`).
 
     Inputs are API objects as dicts (camelCase, as the API returns them). ``now`` and ``grace``:
     see :func:`pod_problem`.
@@ -144,7 +151,7 @@ def evaluate(
     phase = (dataset.get("status") or {}).get("phase") or ""
     if meta.get("deletionTimestamp"):
         return Readiness(FAILED, phase, f"the Dataset is being deleted (since {meta['deletionTimestamp']})")
-    problems = [p for p in (pod_problem(pod, now, grace) for pod in worker_pods) if p]
+    problems = [p for p in (pod_problem(pod, now, grace) for pod in pods) if p]
     pods = "; ".join(text for _, text in problems) or "none"
     if runtime is None:
         return Readiness(PENDING, phase, f"Dataset phase {phase or '(none)'}; no VineyardRuntime yet")
@@ -154,7 +161,7 @@ def evaluate(
     message = (
         f"Dataset phase {phase or '(none)'} (conditions: {_conditions(dataset)}); VineyardRuntime master "
         f"{rs.get('masterPhase') or '(none)'}, workers {ready_workers}/{desired} ready (workerPhase "
-        f"{rs.get('workerPhase') or '(none)'}, conditions: {_conditions(runtime)}); pods not running: {pods}"
+        f"{rs.get('workerPhase') or '(none)'}, conditions: {_conditions(runtime)}); pods not ready: {pods}"
     )
     if phase == "Failed" or any(kind == FAILED for kind, _ in problems):
         return Readiness(FAILED, phase, message)

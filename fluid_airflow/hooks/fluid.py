@@ -156,7 +156,7 @@ class FluidHook(BaseHook):
         """
         dataset = self.client.get(manifests.DATASET_PLURAL, namespace, name)
         runtime = self.client.get(manifests.RUNTIME_PLURAL, namespace, name)
-        pods = self.client.list_pods(namespace, manifests.worker_selector(name))
+        pods = self.client.list_pods(namespace, manifests.runtime_pods_selector(name))
         return status.evaluate(dataset, runtime, pods, grace=transient_grace)
 
     def worker_nodes(self, namespace: str, name: str) -> dict[str, str]:

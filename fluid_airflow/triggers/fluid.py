@@ -2,8 +2,8 @@
 
 Readiness rules are :func:`fluid_airflow.fluid.status.evaluate`'s (Dataset ``Bound`` once the
 runtime master and one worker are ready, docs/design.md §16; worker counts and phases from the
-VineyardRuntime status, §16; worker pods labelled ``app=vineyard,role=vineyard-worker,
-release=<dataset>``, §17). On the ``kubernetes`` backend every poll is a few GETs through
+VineyardRuntime status, §16; master and worker pods labelled ``app=vineyard,release=<dataset>``,
+``role`` ``vineyard-master`` or ``vineyard-worker``, §17). On the ``kubernetes`` backend every poll is a few GETs through
 cncf-kubernetes' ``AsyncKubernetesHook`` (a ``kubernetes_asyncio`` client), so the event loop
 is never blocked; on the ``local`` backend the synchronous :meth:`FluidHook.readiness` runs in a
 worker thread.
@@ -22,7 +22,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests, status
-from fluid_airflow.fluid.manifests import worker_selector
+from fluid_airflow.fluid.manifests import runtime_pods_selector
 from fluid_airflow.hooks.fluid import FluidHook
 
 TARGETS = ("ready", "bound")
@@ -213,10 +213,10 @@ class FluidDatasetTrigger(BaseTrigger):
                     return status.evaluate(None, None, [])
             try:
                 pods = await k8s.CoreV1Api(api_client).list_namespaced_pod(
-                    ns, label_selector=worker_selector(name), _request_timeout=REQUEST_TIMEOUT
+                    ns, label_selector=runtime_pods_selector(name), _request_timeout=REQUEST_TIMEOUT
                 )
             except Exception as exc:
-                raise _api_error(exc, f"pods {ns} ({worker_selector(name)})") from exc
+                raise _api_error(exc, f"pods {ns} ({runtime_pods_selector(name)})") from exc
             plain = [api_client.sanitize_for_serialization(p) for p in pods.items]
         return status.evaluate(
             found[manifests.DATASET_PLURAL],
