@@ -65,6 +65,7 @@ bench: $(BENCH_STAMP)
 # ~28 min the first time on 2 cores, under a second after).
 test: $(STAMP) $(STAMP3) controlplane
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest --ignore=tests/test_torch.py
 	@echo "--- the same on pandas $(PANDAS3) ($(VENV3)): $(PANDAS3_TESTS)"
 	$(BIN3)/python -m pytest $(PANDAS3_TESTS)
@@ -72,6 +73,7 @@ test: $(STAMP) $(STAMP3) controlplane
 lint: $(STAMP)
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench
 	$(BIN)/ruff format --check fluid_airflow dags tests scripts bench
+	$(BIN)/mypy
 
 # The real Kubernetes control plane + Fluid controllers for the tests (docs/controlplane.md): built from Go
 # modules once per version pin into ${FLUID_AIRFLOW_CACHE:-~/.cache/fluid-airflow}/controlplane/<key>/.

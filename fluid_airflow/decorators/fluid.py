@@ -26,13 +26,16 @@ import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.providers.common.compat.sdk import DecoratedMappedOperator, DecoratedOperator, TaskDecorator
 from airflow.sdk.bases.decorator import _TaskDecorator
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.operators.pod import FluidPodOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk.definitions.xcom_arg import PlainXComArg
 
 SPEC_ENV = "__FLUID_TASK_SPEC"
 # KPO options that shape what the function sees (files, environment, the pod itself): a local
@@ -259,7 +262,8 @@ class _FluidTaskDecorator(_TaskDecorator):
     """``_TaskDecorator`` whose ``.expand()`` builds a :class:`_FluidMappedOperator`."""
 
     def _expand(self, expand_input: Any, *, strict: bool) -> Any:
-        output = super()._expand(expand_input, strict=strict)
+        # Annotated XComArg upstream, but it returns XComArg(operator=...): a PlainXComArg (XComArg.__new__)
+        output = cast("PlainXComArg", super()._expand(expand_input, strict=strict))
         output.operator.__class__ = _FluidMappedOperator  # same attrs layout: adds one method only
         return output
 
@@ -313,8 +317,10 @@ def fluid_task(
     """
     import attr
 
-    # As airflow.sdk.bases.decorator.task_decorator_factory, with our _TaskDecorator subclass.
-    outputs = attr.NOTHING if multiple_outputs is None else multiple_outputs
+    # As airflow.sdk.bases.decorator.task_decorator_factory, with our _TaskDecorator subclass. Its
+    # cast too: attr.NOTHING makes the attrs class infer multiple_outputs from the function's return
+    # annotation (_infer_multiple_outputs), a default mypy's attrs plugin does not see.
+    outputs = cast("bool", attr.NOTHING) if multiple_outputs is None else multiple_outputs
 
     def build(function: Callable) -> Any:
         return _FluidTaskDecorator(

@@ -45,12 +45,12 @@ def endpoint() -> tuple[str, str]:
     :raises PreflightError: no socket, config file or RPC endpoint is available.
     """
     if os.environ.get("VINEYARD_IPC_SOCKET"):
-        path = os.environ["VINEYARD_IPC_SOCKET"]
-        if not Path(path).exists():
+        ipc_socket = os.environ["VINEYARD_IPC_SOCKET"]
+        if not Path(ipc_socket).exists():
             raise PreflightError(
-                f"node {_node()}: VINEYARD_IPC_SOCKET={path} does not exist; is vineyardd running?"
+                f"node {_node()}: VINEYARD_IPC_SOCKET={ipc_socket} does not exist; is vineyardd running?"
             )
-        return "ipc", path
+        return "ipc", ipc_socket
     config = os.environ.get("VINEYARD_CONFIG")
     if not config:
         raise PreflightError(

@@ -10,6 +10,7 @@ methods, so :class:`~fluid_airflow.hooks.fluid.FluidHook` works on either.
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any
 
@@ -159,7 +160,8 @@ class KubernetesFluidClient:
         return found is not None
 
     # -- core objects --------------------------------------------------------------------------
-    def list_pods(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    # builtins.list: in this class body `list` is the method list() above
+    def list_pods(self, namespace: str, label_selector: str = "") -> builtins.list[dict[str, Any]]:
         """Pods of the namespace (optionally by label selector), as dicts."""
         api = self.kube_hook.core_v1_client
         pods = self._call(

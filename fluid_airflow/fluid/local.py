@@ -11,6 +11,7 @@ Pods do not exist locally: listing them returns nothing.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -194,7 +195,8 @@ class LocalFluidClient:
         return True
 
     # -- core objects: none locally -------------------------------------------------------------
-    def list_pods(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    # builtins.list: in this class body `list` is the method list() above
+    def list_pods(self, namespace: str, label_selector: str = "") -> builtins.list[dict[str, Any]]:
         """No pods on the local backend."""
         return []
 

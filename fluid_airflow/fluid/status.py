@@ -12,7 +12,7 @@ pod in a transient state (``CrashLoopBackOff``, image pull errors) for longer th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 READY, PENDING, FAILED = "ready", "pending", "failed"
@@ -104,7 +104,9 @@ def pod_problem(
         if reason in _TRANSIENT:
             return _transient(pod, reason, str(waiting.get("message") or ""), now, grace)
     if phase == "Running":
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
         if ready.get("status") == "False":  # running, but its readiness probe (or kubelet) says no
             said = ": ".join(str(ready[k]) for k in ("reason", "message") if ready.get(k))
             return PENDING, f"{name} Running, not Ready" + (f" ({said})" if said else "")
@@ -124,7 +126,7 @@ def _transient(
     meta = pod.get("metadata") or {}
     name = meta.get("name", "?")
     since = not_ready_since(pod)
-    elapsed = ((now or datetime.now(UTC)) - since).total_seconds() if since else 0.0
+    elapsed = ((now or datetime.now(timezone.utc)) - since).total_seconds() if since else 0.0
     text = f"{name} {reason}" + (f": {message}" if message else "") + f" (for {elapsed:.0f} s"
     if elapsed < grace:
         return PENDING, f"{text}, transient: failing after {grace:g} s)"
@@ -152,7 +154,7 @@ def evaluate(
     if meta.get("deletionTimestamp"):
         return Readiness(FAILED, phase, f"the Dataset is being deleted (since {meta['deletionTimestamp']})")
     problems = [p for p in (pod_problem(pod, now, grace) for pod in pods) if p]
-    pods = "; ".join(text for _, text in problems) or "none"
+    not_ready = "; ".join(text for _, text in problems) or "none"
     if runtime is None:
         return Readiness(PENDING, phase, f"Dataset phase {phase or '(none)'}; no VineyardRuntime yet")
     rs = runtime.get("status") or {}
@@ -161,7 +163,8 @@ def evaluate(
     message = (
         f"Dataset phase {phase or '(none)'} (conditions: {_conditions(dataset)}); VineyardRuntime master "
         f"{rs.get('masterPhase') or '(none)'}, workers {ready_workers}/{desired} ready (workerPhase "
-        f"{rs.get('workerPhase') or '(none)'}, conditions: {_conditions(runtime)}); pods not ready: {pods}"
+        f"{rs.get('workerPhase') or '(none)'}, conditions: {_conditions(runtime)}); "
+        f"pods not ready: {not_ready}"
     )
     if phase == "Failed" or any(kind == FAILED for kind, _ in problems):
         return Readiness(FAILED, phase, message)

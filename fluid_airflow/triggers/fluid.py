@@ -3,10 +3,10 @@
 Readiness rules are :func:`fluid_airflow.fluid.status.evaluate`'s (Dataset ``Bound`` once the
 runtime master and one worker are ready, docs/design.md §16; worker counts and phases from the
 VineyardRuntime status, §16; master and worker pods labelled ``app=vineyard,release=<dataset>``,
-``role`` ``vineyard-master`` or ``vineyard-worker``, §17). On the ``kubernetes`` backend every poll is a few GETs through
-cncf-kubernetes' ``AsyncKubernetesHook`` (a ``kubernetes_asyncio`` client), so the event loop
-is never blocked; on the ``local`` backend the synchronous :meth:`FluidHook.readiness` runs in a
-worker thread.
+``role`` ``vineyard-master`` or ``vineyard-worker``, §17). On the ``kubernetes`` backend every poll
+is a few GETs through cncf-kubernetes' ``AsyncKubernetesHook`` (a ``kubernetes_asyncio`` client), so
+the event loop is never blocked; on the ``local`` backend the synchronous
+:meth:`FluidHook.readiness` runs in a worker thread.
 """
 
 from __future__ import annotations

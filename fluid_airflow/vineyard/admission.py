@@ -226,7 +226,7 @@ def out_of_memory(
         cause_text = f"; could not list holders: {type(exc).__name__}: {exc}"
     else:
         cause_text = ""
-    free = None if limit is None else max(limit - used, 0)
+    free = None if limit is None or used is None else max(limit - used, 0)
     xcom = (
         f"XCom {scope.get('key')!r} of task {scope.get('task_id')!r} (DAG {scope.get('dag_id')!r}, "
         f"run {scope.get('run_id')!r})"

@@ -323,8 +323,10 @@ class LocalVineyardd:
             time.sleep(0.02)
         else:
             failure = f"did not answer on {sock} within {timeout:g} s"
+        args = process.args  # start() passes a list; a str, bytes or path would be the program itself
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
         raise VineyardDaemonError(
-            f"vineyardd (pid {process.pid}, {os.fspath(process.args[0])}) {failure}; it was killed. "
+            f"vineyardd (pid {process.pid}, {os.fsdecode(program)}) {failure}; it was killed. "
             f"Fix the cause shown in its log {self.log_file} (last lines below) and start again, or "
             f"raise --timeout.\n{self._log_tail()}"
         )

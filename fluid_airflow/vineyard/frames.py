@@ -252,7 +252,7 @@ def _object_strings(column: Any) -> Any:
         uniques = encoded.dictionary.to_numpy(zero_copy_only=False)
         indices = encoded.indices
         if indices.null_count:
-            uniques = np.append(uniques, None)
+            uniques = np.append(uniques, np.array([None], dtype=object))
             indices = indices.fill_null(len(uniques) - 1)
         parts.append(uniques[indices.to_numpy()])
     if len(parts) == 1:

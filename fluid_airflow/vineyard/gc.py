@@ -28,6 +28,7 @@ from fluid_airflow.metadb import FINISHED_RUN_STATES
 from fluid_airflow.vineyard.inflight import Reclaimed, reclaim
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import (
+    XComNameParts,
     names_pattern,
     split_copy_name,
     split_xcom_object_name,
@@ -175,7 +176,7 @@ def collect(
     prefix = config.get("name_prefix")
     pattern = names_pattern(prefix=prefix, dag_id=dag_id)
     report = GcReport(dry_run=dry_run, keep_for=shown)
-    found: list[tuple[str, Any, dict[str, Any], str]] = []
+    found: list[tuple[str, Any, XComNameParts, str]] = []
     for name, object_id in sorted(client.list_names(pattern, limit=LIST_LIMIT).items()):
         copy = split_copy_name(name)  # a consumer's migrated copy is judged by its original
         base = copy[0] if copy else name
@@ -196,8 +197,17 @@ def collect(
             size = held_bytes(client.get_meta(object_id))
         except vineyard.ObjectNotExistsException:
             size = 0  # a dangling name: the object was deleted, the name kept
-        fields = {k: v for k, v in parts.items() if k != "prefix"}
-        obj = GcObject(name=name, object_id=repr(object_id), bytes=size, reason=reason, **fields)
+        obj = GcObject(
+            name=name,
+            object_id=repr(object_id),
+            dag_id=parts["dag_id"],
+            run_id=parts["run_id"],
+            task_id=parts["task_id"],
+            map_index=parts["map_index"],
+            key=parts["key"],
+            bytes=size,
+            reason=reason,
+        )
         (report.reclaimed if reason in REASONS else report.kept).append(obj)
         if reason in REASONS and not dry_run:
             delete_named(client, name, object_id)

@@ -16,6 +16,7 @@ keeps two consumers that migrate at the same moment from overwriting each other'
 
 from __future__ import annotations
 
+from typing import TypedDict
 from urllib.parse import quote, unquote
 
 # Kept readable in names: run ids look like ``manual__2026-11-29T21:00:00+00:00``.
@@ -79,7 +80,18 @@ def split_copy_name(name: str) -> tuple[str, str, int] | None:
     return base, original, int(instance)
 
 
-def split_xcom_object_name(name: str) -> dict[str, str | int]:
+class XComNameParts(TypedDict):
+    """The components of an XCom object name: the keyword arguments of :func:`xcom_object_name`."""
+
+    prefix: str
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    key: str
+
+
+def split_xcom_object_name(name: str) -> XComNameParts:
     """Inverse of :func:`xcom_object_name`: ``{prefix, dag_id, run_id, task_id, map_index, key}``.
 
     :raises ValueError: ``name`` does not have the six components.

@@ -24,7 +24,7 @@ operation on it kills the process (SIGSEGV); ``tensor.clone()`` first.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
@@ -161,7 +161,9 @@ def decode(stored: Any, ref: VineyardReference) -> Any:
 
     table = restore_arrow(stored, extra)
     if ref.type == "polars.Series":
-        return pl.from_arrow(table.column(0), rechunk=False).alias(extra.get("series_name") or "")
+        # polars annotates from_arrow as DataFrame | Series, without overloads: an Arrow array gives a Series
+        series = cast("pl.Series", pl.from_arrow(table.column(0), rechunk=False))
+        return series.alias(extra.get("series_name") or "")
     return pl.from_arrow(table, rechunk=False)
 
 

@@ -7,6 +7,7 @@ without this, every array of the dict would be stored twice.
 from __future__ import annotations
 
 import sys
+from types import FrameType
 from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
@@ -28,7 +29,7 @@ def airflow_outputs_call() -> int | None:
     may have been changed in place since it was pushed, and is stored again. If a later Airflow
     renames the function, this returns None and values are stored twice: slower, never wrong.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if (
             frame.f_code.co_name == "_push_xcom_if_needed"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 MARKER = "__vineyard_ref__"
 VERSION = 1
@@ -132,7 +132,7 @@ class VineyardReference:
         return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
 
 
-def is_reference(value: object) -> bool:
+def is_reference(value: object) -> TypeGuard[dict[str, Any]]:
     """True when ``value`` is a dict produced by :meth:`VineyardReference.to_json`."""
     return isinstance(value, dict) and MARKER in value
 

@@ -193,7 +193,7 @@ def cgroup_limits(
     candidates: list[tuple[str, Path, str, str, tuple[str, ...]]] = []
     if v1_path is not None and (cgroup_root / "memory").is_dir():
         for node in _walk_up(cgroup_root / "memory", v1_path):
-            stat_keys = ("total_inactive_file", "inactive_file")
+            stat_keys: tuple[str, ...] = ("total_inactive_file", "inactive_file")
             candidates.append(("v1", node, "memory.limit_in_bytes", "memory.usage_in_bytes", stat_keys))
     if v2_path is not None:
         for mount in (cgroup_root, cgroup_root / "unified"):

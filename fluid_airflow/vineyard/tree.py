@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
@@ -32,7 +32,7 @@ MAX_SUMMARY = 200  # characters of a tree row's summary: one line in the UI
 _MAX_PLAIN = 24  # characters shown of a plain leaf's JSON in a summary
 
 
-def is_tree(value: object) -> bool:
+def is_tree(value: object) -> TypeGuard[dict[str, Any]]:
     """True for the DB form produced by :func:`to_tree`."""
     return isinstance(value, dict) and TREE_MARKER in value
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -234,6 +234,7 @@ def _row_owns(xcom: Any, ref: VineyardReference) -> bool | str:
         "map_index": getattr(xcom, "map_index", -1),
     }
     key = str(getattr(xcom, "key", ""))
+    parts: Mapping[str, object]
     try:
         parts = naming.split_xcom_object_name(ref.name)
     except ValueError:
