@@ -148,14 +148,15 @@ def test_required_data_affinity_with_the_cache_node_cordoned_fails_naming_it(cac
             _run(cache.plane, "required", data_affinity="required", schedule_timeout_seconds=5,
                  startup_timeout_seconds=5)  # fmt: skip
         assert time.monotonic() - started < 60
+        # While still cordoned: once the node is schedulable again the scheduler binds the pod there.
+        (pod,) = core.list_namespaced_pod(NS, label_selector="task_id=required").items
+        assert pod.status.phase == "Pending" and pod.spec.node_name is None
     finally:
         core.patch_node(cache.node, {"spec": {"unschedulable": False}})
     message = str(failed.value)
     assert "data affinity is 'required'" in message, message
     assert f"{CACHE_LABEL} In ['true']" in message, message
     assert "Unschedulable" in message and "unschedulable" in message.split("Unschedulable", 1)[1], message
-    (pod,) = core.list_namespaced_pod(NS, label_selector="task_id=required").items
-    assert pod.status.phase == "Pending" and pod.spec.node_name is None
 
 
 def test_worker_and_fuse_images_match_the_client(cache: SimpleNamespace):
