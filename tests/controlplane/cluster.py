@@ -110,10 +110,17 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
-        """Stop every daemon by process id (reverse start order), then remove the temporary folder."""
+        """Stop every daemon by process id (reverse start order), then remove the temporary folder. With
+        ``FLUID_AIRFLOW_CP_LOGS=<folder>`` set, the daemons' logs are copied there first (to read after a
+        failure: kube-controller-manager's node lifecycle, the Fluid controllers' reconciles)."""
         for daemon in reversed(self.daemons):
             daemon.stop()
         self.daemons.clear()
+        keep = os.environ.get("FLUID_AIRFLOW_CP_LOGS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in self.dir.glob("*.log"):
+                shutil.copy2(log, Path(keep) / log.name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _daemon(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Daemon:
