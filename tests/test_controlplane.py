@@ -72,6 +72,11 @@ def test_control_plane_serves_rbac_and_schedules_on_kwok_nodes(control_plane: Co
         control_plane,
     )
     assert pod.spec.node_name in nodes
+    # kwok holds each node's Lease, as a kubelet does: without it kube-controller-manager finds every node
+    # not-Ready after its 50 s grace and marks their Running pods not Ready for good.
+    leases = client.CoordinationV1Api(control_plane.api_client())
+    held = lambda: {x.metadata.name for x in leases.list_namespaced_lease("kube-node-lease").items}  # noqa: E731
+    wait_for("a node Lease per node", lambda: set(nodes) <= held(), 30, control_plane)
 
 
 def test_service_account_kubeconfig_is_least_privilege(control_plane: ControlPlane):  # noqa: F811

@@ -215,6 +215,11 @@ class ControlPlane:
                 f"--kubeconfig={self.admin_kubeconfig}",
                 f"--config={cfg}",
                 "--manage-all-nodes=true",
+                # Without a KwokConfiguration document its default (40) is never applied, leases are off
+                # (``initNodeLeaseController`` in ``pkg/kwok/controllers/controller.go``) and the only
+                # heartbeat is the 10-20 min node stage: every ~55 s kube-controller-manager found all
+                # nodes not-Ready and marked their Running pods not Ready, which no pod stage undoes.
+                "--node-lease-duration-seconds=40",
                 "--node-ip=127.0.0.1",
                 "--node-name=localhost",
                 f"--node-port={self.kwok_port}",
