@@ -115,8 +115,13 @@ def test_run_dataset_name_renders_for_every_run_type(deployment):
     cli = deployment.airflow("dags", "trigger", dag_id)  # the CLI's manual run
     assert cli.returncode == 0, cli.stderr
     body = {"dag_id": dag_id, "from_date": "2026-01-02T00:00:00Z", "to_date": "2026-01-03T00:00:00Z"}
-    status, backfill = deployment.request("POST", "/api/v2/backfills", body)
-    assert status == 200, backfill
+    # Airflow 3.3.2 answers 503 "Database is locked ..." (api_fastapi/core_api/routes/public/backfills.py,
+    # _raise_locked_response_or_reraise) while the scheduler writes to SQLite: ask again until it lets go.
+    deadline = time.monotonic() + 60
+    while (answer := deployment.request("POST", "/api/v2/backfills", body))[0] == 503:
+        assert time.monotonic() < deadline and "Database is locked" in str(answer[1]), answer
+        time.sleep(1)
+    assert answer[0] == 200, answer
 
     def runs() -> list[dict]:
         return deployment.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")[1]["dag_runs"]
