@@ -62,11 +62,12 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 # The control-plane tests need the Go-built Kubernetes + Fluid binaries (cached outside the checkout:
-# ~28 min the first time on 2 cores, under a second after).
+# ~16-28 min the first time on 2 cores, under a second after). scripts/test.sh runs them beside the
+# unit tests, then the deployment tests alone.
 test: $(STAMP) $(STAMP3) controlplane
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --ignore=tests/test_torch.py
+	bash scripts/test.sh $(BIN)/python
 	@echo "--- the same on pandas $(PANDAS3) ($(VENV3)): $(PANDAS3_TESTS)"
 	$(BIN3)/python -m pytest $(PANDAS3_TESTS)
 
