@@ -161,7 +161,7 @@ def check_room(
 
     Called under the in-flight lock (:func:`~fluid_airflow.vineyard.inflight.tracked`). When the
     room is short, what no name reaches is reclaimed first (a killed producer's leftovers,
-    :func:`~fluid_airflow.vineyard.inflight.reclaim`), then the check is made again.
+    :func:`~fluid_airflow.vineyard.reclaim.reclaim`), then the check is made again.
 
     :param needed: estimate of the bytes to store (:func:`payload_nbytes`); 0 is always admitted.
     :param what: the value's type for the message (``pandas.DataFrame``).
@@ -185,9 +185,9 @@ def check_room(
             return
         if attempt == "check":
             from fluid_airflow import config
-            from fluid_airflow.vineyard import inflight
+            from fluid_airflow.vineyard.reclaim import reclaim
 
-            inflight.reclaim(client, unnamed=config.get_bool("reclaim_unnamed"), locked=True)
+            reclaim(client, unnamed=config.get_bool("reclaim_unnamed"), locked=True)
     raise out_of_memory(
         client, needed, what=what, scope=scope, prefix=prefix, status=(limit, used + waiting), pending=waiting
     )

@@ -248,7 +248,8 @@ def _unnamed(client: Any, used: int) -> dict[str, int]:
     ``used`` minus the bytes of every blob a name reaches: this counts unsealed blobs too, which
     no listing shows (a killed producer's, or a put writing right now).
     """
-    from fluid_airflow.vineyard.inflight import journal_dir, journals, reachable_bytes
+    from fluid_airflow.vineyard.journal import journal_dir, journals
+    from fluid_airflow.vineyard.reclaim import reachable_bytes
 
     now = time.time()
     folder = journal_dir(client)
