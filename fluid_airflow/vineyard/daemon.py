@@ -147,12 +147,33 @@ class LocalVineyardd:
         size_text = size if size is not None else config.get("local_vineyard_size")
         size_bytes = parse_size(size_text)
         sock = self.socket_path
+        argv = self._argv(sock, size_bytes, rpc_port, allow_public_rpc, etcd_endpoint)
+        check_memory(size_bytes, memory_limits(), size_text)
+        with self.files.locked():
+            self._refuse_or_clean(sock)
+            process = self._spawn(argv, sock)
+            state = {"socket": str(sock), "size": size_text, "size_bytes": size_bytes, "pid": process.pid}
+            state.update(started_at=time.time(), argv=argv, rpc_port=rpc_port, etcd_endpoint=etcd_endpoint)
+            self.files.record(process.pid, state)
+            self._wait_ready(process, sock, timeout)
+        pid = process.pid
+        log.info("vineyardd started: pid %s, socket %s, size %s (%s bytes)", pid, sock, size_text, size_bytes)
+        return self.status()
+
+    def _argv(
+        self,
+        sock: Path,
+        size_bytes: int,
+        rpc_port: int | None,
+        allow_public_rpc: bool,
+        etcd_endpoint: str | None,
+    ) -> list[str]:
+        """vineyardd's command line, after the checks that need no lock (RPC opt-in, socket path, binary)."""
         rpc_args = daemon_process.rpc_args(rpc_port, allow_public_rpc)
         daemon_process.check_socket_path(sock)
         binary = self._binary or find_vineyardd()
-        check_memory(size_bytes, memory_limits(), size_text)
         meta = ["etcd", "--etcd_endpoint", etcd_endpoint] if etcd_endpoint else ["local"]
-        argv = [
+        return [
             os.fspath(binary),
             "--socket",
             str(sock),
@@ -162,29 +183,6 @@ class LocalVineyardd:
             *meta,
             *rpc_args,
         ]
-        with self.files.locked():
-            self._refuse_or_clean(sock)
-            process = self._spawn(argv, sock)
-            state = {
-                "socket": str(sock),
-                "size": size_text,
-                "size_bytes": size_bytes,
-                "pid": process.pid,
-                "started_at": time.time(),
-                "argv": argv,
-                "rpc_port": rpc_port,
-                "etcd_endpoint": etcd_endpoint,
-            }
-            self.files.record(process.pid, state)
-            self._wait_ready(process, sock, timeout)
-        log.info(
-            "vineyardd started: pid %s, socket %s, size %s (%s bytes)",
-            process.pid,
-            sock,
-            size_text,
-            size_bytes,
-        )
-        return self.status()
 
     def _refuse_or_clean(self, sock: Path) -> None:
         """Raise if a live process serves ``sock``; remove the leftovers of a dead daemon."""
