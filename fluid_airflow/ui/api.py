@@ -147,6 +147,7 @@ def _release_object(body: ObjectRelease, user: Any) -> dict[str, int]:
     """Delete one named object (with its migrated copies, unless it is a copy) and drop the names."""
     import vineyard
 
+    from fluid_airflow.vineyard.calls import LIST_LIMIT
     from fluid_airflow.vineyard.migration import delete_on_holder, held_bytes
     from fluid_airflow.vineyard.naming import split_copy_name, split_xcom_object_name
 
@@ -163,7 +164,7 @@ def _release_object(body: ObjectRelease, user: Any) -> dict[str, int]:
         raise HTTPException(404, f"no Vineyard object named {body.name!r}") from exc
     names = {body.name: object_id}
     if not copy:  # its migrated copies go with it
-        names.update(client.list_names(f"{body.name}#{object_id!r}@*", limit=1_000_000))
+        names.update(client.list_names(f"{body.name}#{object_id!r}@*", limit=LIST_LIMIT))
     freed = 0
     for name, oid in names.items():
         try:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import naming
-from fluid_airflow.vineyard.release import LIST_LIMIT
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.resources import format_bytes
 
 MARGIN_BYTES = 64 * 1024  # fixed slack on top of the estimate (see the module docstring)

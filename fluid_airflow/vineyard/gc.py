@@ -25,6 +25,7 @@ from typing import Any
 
 from fluid_airflow import config
 from fluid_airflow.metadb import FINISHED_RUN_STATES
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import (
     XComNameParts,
@@ -35,7 +36,7 @@ from fluid_airflow.vineyard.naming import (
 )
 from fluid_airflow.vineyard.reclaim import Reclaimed, reclaim
 from fluid_airflow.vineyard.reference import is_reference
-from fluid_airflow.vineyard.release import LIST_LIMIT, delete_named
+from fluid_airflow.vineyard.release import delete_named
 from fluid_airflow.vineyard.tree import is_tree, tree_refs
 
 REASONS = {

@@ -26,11 +26,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fluid_airflow import config
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.gc import FINISHED, referenced_ids
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import names_pattern, split_copy_name, split_xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
-from fluid_airflow.vineyard.release import LIST_LIMIT
 from fluid_airflow.vineyard.tree import is_tree, tree_refs
 
 RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more

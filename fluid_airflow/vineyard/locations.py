@@ -16,11 +16,10 @@ from typing import Any
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import inline
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.naming import copies_pattern
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 from fluid_airflow.vineyard.tree import is_tree, tree_refs
-
-LIST_LIMIT = 1_000_000
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluid_airflow.vineyard import blob_ids, journal
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def reclaim(client: Any, *, dry_run: bool = False, unnamed: bool = True, locked:
         reachable = reachable_ids(client)
         own = int(client.instance_id)
         listed = {
-            repr(m.id): m for m in client.list_metadatas("*", limit=1_000_000) if int(m.instance_id) == own
+            repr(m.id): m for m in client.list_metadatas("*", limit=LIST_LIMIT) if int(m.instance_id) == own
         }
         metas: dict[str, int] = {}
         blobs: dict[str, int] = {}
@@ -123,7 +124,7 @@ def reachable_bytes(client: Any) -> int:
     reachable = reachable_ids(client)
     return sum(
         int(m.nbytes)
-        for m in client.list_metadatas("vineyard::Blob", limit=1_000_000)
+        for m in client.list_metadatas("vineyard::Blob", limit=LIST_LIMIT)
         if repr(m.id) in reachable and int(m.instance_id) == own
     )
 
@@ -134,7 +135,7 @@ def reachable_ids(client: Any) -> set[str]:
 
     seen: set[str] = set()
     stack: list[Any] = []
-    for object_id in client.list_names("*", limit=1_000_000).values():
+    for object_id in client.list_names("*", limit=LIST_LIMIT).values():
         try:
             stack.append(client.get_meta(object_id))
         except vineyard.ObjectNotExistsException:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluid_airflow import config
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import run_name_prefix
-
-LIST_LIMIT = 1_000_000  # list_names defaults to 5 results (docs/design.md §3)
 
 
 @dataclass
