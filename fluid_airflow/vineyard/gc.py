@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.metadb import FINISHED_RUN_STATES
+from fluid_airflow.metadb import FINISHED_RUN_STATES, runs_with_xcom_values
 from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import (
@@ -120,24 +120,11 @@ def referenced_ids(value: Any) -> set[str]:
 
 def _run_facts(runs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, set[str]] | None]:
     """``{(dag_id, run_id): (DagRun, ids its XCom rows refer to) or None when the run is gone}``."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
     facts: dict[tuple[str, str], tuple[Any, set[str]] | None] = {}
-    with create_session() as session:
-        for dag_id, run_id in sorted(runs):
-            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-            if run is None:
-                facts[(dag_id, run_id)] = None
-                continue
-            rows = session.scalars(
-                select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
-            )
-            ids = set().union(*(referenced_ids(v) for v in rows))
-            facts[(dag_id, run_id)] = (run, ids)
-        session.expunge_all()
+    for key, found in runs_with_xcom_values(runs).items():
+        facts[key] = (
+            None if found is None else (found[0], set().union(*(referenced_ids(v) for v in found[1])))
+        )
     return facts
 
 

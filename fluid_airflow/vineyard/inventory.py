@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fluid_airflow import config
+from fluid_airflow.metadb import recent_runs_with_xcom_values
 from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.gc import FINISHED, referenced_ids
 from fluid_airflow.vineyard.migration import held_bytes
@@ -92,21 +93,7 @@ def _rows(
 ) -> tuple[dict[tuple[str, str], tuple[str, Any]], list[tuple[str, str, Any]]]:
     """``(state, end_date)`` per run and ``(dag_id, run_id, value)`` of XCom rows holding references,
     recent runs first."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        query = select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.end_date).order_by(DagRun.id.desc())
-        if dag_ids is not None:
-            query = query.where(DagRun.dag_id.in_(dag_ids))
-        runs = {(d, r): (str(s), e) for d, r, s, e in session.execute(query.limit(10 * RECENT_RUNS))}
-        rows = session.execute(
-            select(XComModel.dag_id, XComModel.run_id, XComModel.value).where(
-                XComModel.dag_id.in_({d for d, _ in runs}), XComModel.run_id.in_({r for _, r in runs})
-            )
-        ).all()
+    runs, rows = recent_runs_with_xcom_values(dag_ids, limit=10 * RECENT_RUNS)
     return runs, [(d, r, v) for d, r, v in rows if referenced_ids(v) and (d, r) in runs]
 
 
