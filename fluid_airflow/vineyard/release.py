@@ -80,8 +80,9 @@ def release_run(
 def delete_named(client: Any, name: str, object_id: Any) -> None:
     """Delete the object, and its name if that still points at it.
 
-    The one delete of a named XCom object (release, gc): between listing a name and deleting it,
-    a retried or cleared task may have repointed the name to its new object, which must stay.
+    The one delete of a named XCom object (release, gc, the backend's purge and re-put): between
+    listing a name and deleting it, a retried or cleared task may have repointed the name to its
+    new object, which must stay.
     ``client.delete`` of an object already gone is a silent no-op (docs/design.md §2).
     """
     import vineyard
