@@ -35,9 +35,8 @@ from fluid_airflow.vineyard.naming import (
     xcom_object_name,
 )
 from fluid_airflow.vineyard.reclaim import Reclaimed, reclaim
-from fluid_airflow.vineyard.reference import is_reference
 from fluid_airflow.vineyard.release import delete_named
-from fluid_airflow.vineyard.tree import is_tree, tree_refs
+from fluid_airflow.vineyard.tree import references_in
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",
@@ -111,11 +110,7 @@ def referenced_ids(value: Any) -> set[str]:
             value = json.loads(value)
         except ValueError:
             return set()
-    if is_reference(value):
-        return {str(value.get("object_id"))}
-    if is_tree(value):
-        return {str(ref.get("object_id")) for ref in tree_refs(value)}
-    return set()
+    return {str(ref.get("object_id")) for ref in references_in(value)}
 
 
 def _run_facts(runs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, set[str]] | None]:

@@ -31,8 +31,8 @@ from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.gc import FINISHED, referenced_ids
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import names_pattern, split_copy_name, split_xcom_object_name
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
-from fluid_airflow.vineyard.tree import is_tree, tree_refs
+from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.tree import references_in
 
 RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more
 
@@ -102,11 +102,7 @@ def _refs(value: Any) -> list[VineyardReference]:
         import json
 
         value = json.loads(value)
-    if is_reference(value):
-        return [VineyardReference.from_json(value)]
-    if is_tree(value):
-        return [VineyardReference.from_json(r) for r in tree_refs(value)]
-    return []
+    return [VineyardReference.from_json(r) for r in references_in(value)]
 
 
 def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
