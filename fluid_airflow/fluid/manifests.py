@@ -28,6 +28,9 @@ NETWORK_MODES = ("HostNetwork", "ContainerNetwork", "")
 PLACEMENTS = ("Exclusive", "Shared", "")
 ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadOnlyOnce", "ReadWriteOncePod")
 LABEL_NAME_MAX = 63
+# Where a task pod mounts a VineyardRuntime's Dataset PVC: Fluid's fuse writes vineyard-config.yaml
+# (and, on worker nodes, vineyard-worker.sock) there (docs/design.md §17, §18).
+VINEYARD_MOUNT_PATH = "/var/run/vineyard"
 # Fluid v1.0.8 pkg/utils/label.go GetNamespacedNameValueWithPrefix (lines 186-206): a key
 # ``<prefix><ns>-<name>`` is used only while the whole key, ``fluid.io/`` included, is shorter than
 # validation.DNS1035LabelMaxLength (63); from 63 characters on Fluid keys it by the Dataset's UID.

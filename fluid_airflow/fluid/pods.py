@@ -24,7 +24,6 @@ from kubernetes.client import models as k8s
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests
-from fluid_airflow.operators.runtime import VINEYARD_MOUNT_PATH
 from fluid_airflow.vineyard import inline, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
@@ -117,7 +116,7 @@ def mount_dataset(
     dataset_name: str,
     *,
     container_name: str = "base",
-    mount_path: str = VINEYARD_MOUNT_PATH,
+    mount_path: str = manifests.VINEYARD_MOUNT_PATH,
 ) -> k8s.V1Pod:
     """Mount the Dataset's PVC (named like the Dataset) into one container of ``pod``.
 
