@@ -36,7 +36,7 @@ from fluid_airflow.vineyard.naming import (
 )
 from fluid_airflow.vineyard.reclaim import Reclaimed, reclaim
 from fluid_airflow.vineyard.release import delete_named
-from fluid_airflow.vineyard.tree import references_in
+from fluid_airflow.vineyard.tree import referenced_ids
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",
@@ -101,25 +101,15 @@ class GcReport:
         }
 
 
-def referenced_ids(value: Any) -> set[str]:
-    """Object ids (short form, ``o…``) that one XCom row's value refers to."""
-    if isinstance(value, str) and value.startswith("{"):  # a DB that hands back the JSON text
-        import json
-
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return set()
-    return {str(ref.get("object_id")) for ref in references_in(value)}
-
-
 def _run_facts(runs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, set[str]] | None]:
     """``{(dag_id, run_id): (DagRun, ids its XCom rows refer to) or None when the run is gone}``."""
     facts: dict[tuple[str, str], tuple[Any, set[str]] | None] = {}
     for key, found in runs_with_xcom_values(runs).items():
-        facts[key] = (
-            None if found is None else (found[0], set().union(*(referenced_ids(v) for v in found[1])))
-        )
+        if found is None:
+            facts[key] = None
+            continue
+        run, values = found
+        facts[key] = (run, set().union(*(referenced_ids(v) for v in values)))
     return facts
 
 

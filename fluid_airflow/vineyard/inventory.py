@@ -26,13 +26,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.metadb import recent_runs_with_xcom_values
+from fluid_airflow.metadb import FINISHED_RUN_STATES, recent_runs_with_xcom_values
 from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.gc import FINISHED, referenced_ids
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import names_pattern, split_copy_name, split_xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
-from fluid_airflow.vineyard.tree import references_in
+from fluid_airflow.vineyard.tree import referenced_ids, references_in
 
 RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more
 
@@ -194,7 +193,7 @@ def _released(run_state: str, end: Any, no_names: bool, now: datetime) -> bool:
     its retention or without any name left."""
     keep = config.retention(run_state)
     expired = keep >= 0 and end is not None and (now - end).total_seconds() >= keep
-    return run_state in FINISHED and (expired or no_names)
+    return run_state in FINISHED_RUN_STATES and (expired or no_names)
 
 
 def _add_unnamed(

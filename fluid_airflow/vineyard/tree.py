@@ -129,6 +129,16 @@ def references_in(value: object) -> list[dict[str, Any]]:
     return []
 
 
+def referenced_ids(value: Any) -> set[str]:
+    """Object ids (short form, ``o…``) that one XCom row's value refers to."""
+    if isinstance(value, str) and value.startswith("{"):  # a DB that hands back the JSON text
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return set()
+    return {str(ref.get("object_id")) for ref in references_in(value)}
+
+
 def tree_refs(tree: dict[str, Any]) -> list[dict[str, Any]]:
     """Every compact reference in a tree, depth first."""
     found: list[dict[str, Any]] = []
