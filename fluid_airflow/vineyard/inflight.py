@@ -14,7 +14,7 @@ no name reaches. Three parts close that (the journal format is :mod:`.journal`, 
 - **Admission under concurrency.** A put first takes the folder's lock, counts the bytes that
   other puts in flight have announced but not yet allocated, and either announces its own or is
   refused: concurrent producers cannot all pass a check that only one of them fits.
-- **Reclaiming.** :func:`reclaim` (``fluid-airflow gc``, and admission when the store is short)
+- **Reclaiming.** :func:`~.reclaim.reclaim` (``fluid-airflow gc``, and admission when the store is short)
   deletes, while no put is in flight: the objects recorded by journals whose process is gone
   (unsealed blobs are listed nowhere else), and every object of this vineyardd that no name
   reaches (sealed leftovers, half-built values). A put in flight holds its journal, so it is
