@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fluid_airflow.vineyard.daemon import DaemonStatus
 
+    # what add_subparsers returns: argparse names it only privately (typeshed types it so)
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
@@ -32,6 +35,14 @@ EXIT_NOT_RUNNING = 3
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluid-airflow", description=__doc__.split("\n\n")[0])
     groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,cluster,gc}")
+    _add_vineyard(groups)
+    _add_cluster(groups)
+    _add_gc(groups)
+    _add_release(groups)
+    return parser
+
+
+def _add_vineyard(groups: Subcommands) -> None:
     vineyard = groups.add_parser("vineyard", help="manage the local vineyardd")
     commands = vineyard.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
 
@@ -70,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--runtime-dir", help=runtime_help)
     status.add_argument("--json", action="store_true", help="print the status as a JSON object")
 
+
+def _add_cluster(groups: Subcommands) -> None:
     cluster = groups.add_parser("cluster", help="manage a local Vineyard cluster (etcd + N vineyardd)")
     cluster_commands = cluster.add_subparsers(dest="command", required=True, metavar="{start,stop,status}")
     cluster_help = "folder of the cluster: etcd/, node<i>/ and cluster.json (keep it short)"
@@ -85,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     cstatus.add_argument("--runtime-dir", required=True, help=cluster_help)
     cstatus.add_argument("--json", action="store_true", help="print the instances as JSON")
 
+
+def _add_gc(groups: Subcommands) -> None:
     gc = groups.add_parser(
         "gc",
         help="delete Vineyard objects of deleted XCom rows, deleted DAG runs and runs past [fluid] keep_for",
@@ -94,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--dag-id", help="only look at this DAG's objects")
     gc.add_argument("--json", action="store_true", help="print the summary as a JSON object")
 
+
+def _add_release(groups: Subcommands) -> None:
     release = groups.add_parser("release", help="release every Vineyard object of one DAG run now")
     release.set_defaults(command="release")
     release.add_argument("--dag-id", required=True, help="the DAG of the run")
@@ -108,7 +125,6 @@ def _parser() -> argparse.ArgumentParser:
         help="release only if the run is finished and its clear number is still N (not cleared since it "
         "ended); the scheduler's run-end release passes it",
     )
-    return parser
 
 
 def describe(status: DaemonStatus) -> str:

@@ -52,79 +52,8 @@ def get_provider_info() -> dict[str, Any]:
         "extra-links": ["fluid_airflow.links.VineyardHandoffsLink"],
         "task-decorators": [{"name": "fluid", "class-name": "fluid_airflow.decorators.fluid.fluid_task"}],
         "connection-types": [
-            {
-                "connection-type": "vineyard",
-                "hook-class-name": "fluid_airflow.hooks.vineyard.VineyardHook",
-                "hook-name": "Vineyard",
-                "conn-fields": {
-                    "ipc_socket": {
-                        "label": "IPC socket",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "Path of vineyardd's UNIX socket (zero-copy, same node).",
-                    },
-                    "rpc_endpoint": {
-                        "label": "RPC endpoint",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "host:port of vineyardd's RPC service, used when no IPC socket "
-                        "is set (copies data over TCP).",
-                    },
-                },
-                "ui-field-behaviour": {
-                    # host + port are read too: another way to give the RPC endpoint.
-                    "hidden-fields": ["schema", "login", "password", "extra"],
-                    "relabeling": {"host": "RPC host (or use RPC endpoint)", "port": "RPC port"},
-                    "placeholders": {
-                        "ipc_socket": "/var/run/vineyard/vineyard-worker.sock",
-                        "rpc_endpoint": "127.0.0.1:9600",
-                        "host": "127.0.0.1",
-                        "port": "9600",
-                    },
-                },
-            },
-            {
-                "connection-type": "fluid",
-                "hook-class-name": "fluid_airflow.hooks.fluid.FluidHook",
-                "hook-name": "Fluid",
-                "conn-fields": {
-                    "backend": {
-                        "label": "Backend",
-                        "schema": {"type": ["string", "null"], "enum": ["kubernetes", "local", None]},
-                        "description": "kubernetes (default): Fluid on a cluster; local: a local vineyardd "
-                        "per Dataset, no Kubernetes.",
-                    },
-                    "namespace": {
-                        "label": "Namespace",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "Default namespace of Datasets (default: default).",
-                    },
-                    "kube_config_path": {
-                        "label": "Kube config path",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "kube_config": {
-                        "label": "Kube config (JSON or YAML)",
-                        "schema": {"type": ["string", "null"], "format": "password"},
-                    },
-                    "in_cluster": {
-                        "label": "In cluster configuration",
-                        "schema": {"type": ["boolean", "null"]},
-                    },
-                    "cluster_context": {
-                        "label": "Cluster context",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "local_max_cache": {
-                        "label": "Local backend: max cache per Dataset",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "Quantity capping each local vineyardd (default 2Gi).",
-                    },
-                },
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "password", "extra", "host", "port"],
-                    "relabeling": {},
-                    "placeholders": {"namespace": "default", "backend": "kubernetes"},
-                },
-            },
+            _vineyard_connection(),
+            _fluid_connection(),
         ],
         "config": {
             SECTION: {
@@ -137,5 +66,86 @@ def get_provider_info() -> dict[str, Any]:
                     for name, spec in OPTIONS.items()
                 },
             },
+        },
+    }
+
+
+def _vineyard_connection() -> dict[str, Any]:
+    """The ``vineyard`` connection type: what :class:`~.hooks.vineyard.VineyardHook` reads."""
+    return {
+        "connection-type": "vineyard",
+        "hook-class-name": "fluid_airflow.hooks.vineyard.VineyardHook",
+        "hook-name": "Vineyard",
+        "conn-fields": {
+            "ipc_socket": {
+                "label": "IPC socket",
+                "schema": {"type": ["string", "null"]},
+                "description": "Path of vineyardd's UNIX socket (zero-copy, same node).",
+            },
+            "rpc_endpoint": {
+                "label": "RPC endpoint",
+                "schema": {"type": ["string", "null"]},
+                "description": "host:port of vineyardd's RPC service, used when no IPC socket "
+                "is set (copies data over TCP).",
+            },
+        },
+        "ui-field-behaviour": {
+            # host + port are read too: another way to give the RPC endpoint.
+            "hidden-fields": ["schema", "login", "password", "extra"],
+            "relabeling": {"host": "RPC host (or use RPC endpoint)", "port": "RPC port"},
+            "placeholders": {
+                "ipc_socket": "/var/run/vineyard/vineyard-worker.sock",
+                "rpc_endpoint": "127.0.0.1:9600",
+                "host": "127.0.0.1",
+                "port": "9600",
+            },
+        },
+    }
+
+
+def _fluid_connection() -> dict[str, Any]:
+    """The ``fluid`` connection type: what :class:`~.hooks.fluid.FluidHook` reads."""
+    return {
+        "connection-type": "fluid",
+        "hook-class-name": "fluid_airflow.hooks.fluid.FluidHook",
+        "hook-name": "Fluid",
+        "conn-fields": {
+            "backend": {
+                "label": "Backend",
+                "schema": {"type": ["string", "null"], "enum": ["kubernetes", "local", None]},
+                "description": "kubernetes (default): Fluid on a cluster; local: a local vineyardd "
+                "per Dataset, no Kubernetes.",
+            },
+            "namespace": {
+                "label": "Namespace",
+                "schema": {"type": ["string", "null"]},
+                "description": "Default namespace of Datasets (default: default).",
+            },
+            "kube_config_path": {
+                "label": "Kube config path",
+                "schema": {"type": ["string", "null"]},
+            },
+            "kube_config": {
+                "label": "Kube config (JSON or YAML)",
+                "schema": {"type": ["string", "null"], "format": "password"},
+            },
+            "in_cluster": {
+                "label": "In cluster configuration",
+                "schema": {"type": ["boolean", "null"]},
+            },
+            "cluster_context": {
+                "label": "Cluster context",
+                "schema": {"type": ["string", "null"]},
+            },
+            "local_max_cache": {
+                "label": "Local backend: max cache per Dataset",
+                "schema": {"type": ["string", "null"]},
+                "description": "Quantity capping each local vineyardd (default 2Gi).",
+            },
+        },
+        "ui-field-behaviour": {
+            "hidden-fields": ["schema", "login", "password", "extra", "host", "port"],
+            "relabeling": {},
+            "placeholders": {"namespace": "default", "backend": "kubernetes"},
         },
     }

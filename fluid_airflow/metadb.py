@@ -6,6 +6,8 @@ server): Airflow 3 task processes have no DB access.
 
 from __future__ import annotations
 
+from typing import Any
+
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 
 
@@ -29,3 +31,53 @@ def run_still_ended(dag_id: str, run_id: str, clear_number: int) -> bool:
         return True  # the run was deleted: its objects go as well
     state, number = found
     return str(state) in FINISHED_RUN_STATES and int(number) == int(clear_number)
+
+
+RunKey = tuple[str, str]  # (dag_id, run_id)
+
+
+def runs_with_xcom_values(runs: set[RunKey]) -> dict[RunKey, tuple[Any, list[Any]] | None]:
+    """Per run: its ``DagRun`` (detached, attributes loaded) and the values of its XCom rows, or None
+    when the run no longer exists (``fluid-airflow gc``)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    found: dict[RunKey, tuple[Any, list[Any]] | None] = {}
+    with create_session() as session:
+        for dag_id, run_id in sorted(runs):
+            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+            if run is None:
+                found[(dag_id, run_id)] = None
+                continue
+            rows = session.scalars(
+                select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
+            )
+            found[(dag_id, run_id)] = (run, list(rows))
+        session.expunge_all()  # the caller reads state and end_date after the session closed
+    return found
+
+
+def recent_runs_with_xcom_values(
+    dag_ids: set[str] | None, limit: int
+) -> tuple[dict[RunKey, tuple[str, Any]], list[tuple[str, str, Any]]]:
+    """The ``limit`` most recent runs (of ``dag_ids``; None: all) as ``{run: (state, end_date)}`` in
+    that order, and ``(dag_id, run_id, value)`` of the XCom rows of those DAGs and run ids (a row of
+    another run with a listed run id may be among them: the caller keeps only listed runs)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.end_date).order_by(DagRun.id.desc())
+        if dag_ids is not None:
+            query = query.where(DagRun.dag_id.in_(dag_ids))
+        runs = {(d, r): (str(s), e) for d, r, s, e in session.execute(query.limit(limit))}
+        rows = session.execute(
+            select(XComModel.dag_id, XComModel.run_id, XComModel.value).where(
+                XComModel.dag_id.in_({d for d, _ in runs}), XComModel.run_id.in_({r for _, r in runs})
+            )
+        ).all()
+    return runs, [(d, r, v) for d, r, v in rows]

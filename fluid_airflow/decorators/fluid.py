@@ -62,10 +62,8 @@ def _references(value: Any) -> list[dict[str, Any]]:
     from fluid_airflow.vineyard import tree
     from fluid_airflow.vineyard.reference import is_reference
 
-    if is_reference(value):
-        return [value]
-    if tree.is_tree(value):
-        return tree.tree_refs(value)
+    if is_reference(value) or tree.is_tree(value):
+        return tree.references_in(value)
     if isinstance(value, dict):
         return [r for v in value.values() for r in _references(v)]
     if isinstance(value, (list, tuple)):

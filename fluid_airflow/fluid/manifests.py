@@ -28,6 +28,9 @@ NETWORK_MODES = ("HostNetwork", "ContainerNetwork", "")
 PLACEMENTS = ("Exclusive", "Shared", "")
 ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadOnlyOnce", "ReadWriteOncePod")
 LABEL_NAME_MAX = 63
+# Where a task pod mounts a VineyardRuntime's Dataset PVC: Fluid's fuse writes vineyard-config.yaml
+# (and, on worker nodes, vineyard-worker.sock) there (docs/design.md §17, §18).
+VINEYARD_MOUNT_PATH = "/var/run/vineyard"
 # Fluid v1.0.8 pkg/utils/label.go GetNamespacedNameValueWithPrefix (lines 186-206): a key
 # ``<prefix><ns>-<name>`` is used only while the whole key, ``fluid.io/`` included, is shorter than
 # validation.DNS1035LabelMaxLength (63); from 63 characters on Fluid keys it by the Dataset's UID.
@@ -302,16 +305,8 @@ def build_vineyard_runtime(
         worker options; a worker memory request or limit (:func:`check_worker_memory`).
     """
     validate_names(name, namespace)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise errors.FluidSpecError(
-            f"VineyardRuntime {namespace}/{name}: replicas {replicas!r} must be an integer >= 1"
-        )
-    parse_quantity(cache_capacity, f"VineyardRuntime {namespace}/{name} cache capacity")
-    check_tiered_store(f"VineyardRuntime {namespace}/{name}", cache_medium, tier_path)
-    check_options(f"VineyardRuntime {namespace}/{name}", {"master": master, "worker": worker})
-    check_worker_memory(f"VineyardRuntime {namespace}/{name}", worker)
-    if volume_type not in ("emptyDir", "hostPath"):
-        raise errors.FluidSpecError(f"VineyardRuntime {namespace}/{name}: volume type {volume_type!r}")
+    where = f"VineyardRuntime {namespace}/{name}"
+    _check_runtime(where, replicas, cache_capacity, cache_medium, tier_path, volume_type, master, worker)
     level: dict[str, Any] = {
         "mediumtype": cache_medium,
         "quota": str(cache_capacity),
@@ -321,18 +316,42 @@ def build_vineyard_runtime(
     for field, value in (("master", master), ("worker", worker), ("fuse", fuse)):
         if value:
             spec[field] = copy.deepcopy(value)
-    if network_mode is not None:
-        if network_mode not in NETWORK_MODES:
-            raise errors.FluidSpecError(
-                f"VineyardRuntime {namespace}/{name}: network mode {network_mode!r}; "
-                f"use one of {NETWORK_MODES}"
-            )
-        for field in ("master", "worker", "fuse"):
-            spec.setdefault(field, {})["networkMode"] = network_mode
+    _set_network_mode(where, spec, network_mode)
     _with_images(spec)
     if pod_metadata:
         spec["podMetadata"] = copy.deepcopy(pod_metadata)
     return _resource("VineyardRuntime", _metadata(name, namespace, labels, annotations), spec)
+
+
+def _check_runtime(
+    where: str,
+    replicas: int,
+    cache_capacity: str,
+    cache_medium: str,
+    tier_path: str | None,
+    volume_type: str,
+    master: dict[str, Any] | None,
+    worker: dict[str, Any] | None,
+) -> None:
+    """The input checks of :func:`build_vineyard_runtime` that need no spec, in the order it documents."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise errors.FluidSpecError(f"{where}: replicas {replicas!r} must be an integer >= 1")
+    parse_quantity(cache_capacity, f"{where} cache capacity")
+    check_tiered_store(where, cache_medium, tier_path)
+    check_options(where, {"master": master, "worker": worker})
+    check_worker_memory(where, worker)
+    if volume_type not in ("emptyDir", "hostPath"):
+        raise errors.FluidSpecError(f"{where}: volume type {volume_type!r}")
+
+
+def _set_network_mode(where: str, spec: dict[str, Any], network_mode: str | None) -> None:
+    """Apply ``network_mode`` to master, worker and fuse (Fluid reads it per component)."""
+    if network_mode is None:
+        return
+    if network_mode not in NETWORK_MODES:
+        raise errors.FluidSpecError(f"{where}: network mode {network_mode!r}; use one of {NETWORK_MODES}")
+    for field in ("master", "worker", "fuse"):
+        spec.setdefault(field, {})["networkMode"] = network_mode
 
 
 def same_spec(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -24,7 +24,6 @@ from kubernetes.client import models as k8s
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests
-from fluid_airflow.operators.runtime import VINEYARD_MOUNT_PATH
 from fluid_airflow.vineyard import inline, tree
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
 
@@ -117,7 +116,7 @@ def mount_dataset(
     dataset_name: str,
     *,
     container_name: str = "base",
-    mount_path: str = VINEYARD_MOUNT_PATH,
+    mount_path: str = manifests.VINEYARD_MOUNT_PATH,
 ) -> k8s.V1Pod:
     """Mount the Dataset's PVC (named like the Dataset) into one container of ``pod``.
 
@@ -146,24 +145,7 @@ def mount_dataset(
             f"pod {pod.metadata.name!r} has no container {container_name!r} to mount Dataset "
             f"{dataset_name!r} into (containers: {names}); pass the name of one of them."
         )
-    volumes = pod.spec.volumes = list(pod.spec.volumes or [])
-    same_claim = next(
-        (
-            v
-            for v in volumes
-            if v.persistent_volume_claim and v.persistent_volume_claim.claim_name == dataset_name
-        ),
-        None,
-    )
-    name = same_claim.name if same_claim else volume_name(dataset_name)
-    if same_claim is None:
-        if any(v.name == name for v in volumes):
-            raise errors.FluidSpecError(
-                f"pod {pod.metadata.name!r} already has a volume named {name!r} that is not PVC "
-                f"{dataset_name!r}; rename that volume."
-            )
-        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=dataset_name)
-        volumes.append(k8s.V1Volume(name=name, persistent_volume_claim=claim))
+    name = _claim_volume(pod, dataset_name)
     mounts = container.volume_mounts = list(container.volume_mounts or [])
     taken = next((m for m in mounts if (m.mount_path.rstrip("/") or "/") == mount_path), None)
     if taken is not None and taken.name != name:
@@ -177,6 +159,24 @@ def mount_dataset(
     if not any(e.name == CONFIG_ENV for e in env):
         env.append(k8s.V1EnvVar(name=CONFIG_ENV, value=f"{mount_path.rstrip('/')}/{CONFIG_FILE}"))
     return pod
+
+
+def _claim_volume(pod: k8s.V1Pod, dataset_name: str) -> str:
+    """The name of ``pod``'s volume of PVC ``dataset_name``: an existing one, else one added."""
+    volumes = pod.spec.volumes = list(pod.spec.volumes or [])
+    claims = (v for v in volumes if v.persistent_volume_claim)
+    same_claim = next((v for v in claims if v.persistent_volume_claim.claim_name == dataset_name), None)
+    if same_claim is not None:
+        return same_claim.name
+    name = volume_name(dataset_name)
+    if any(v.name == name for v in volumes):
+        raise errors.FluidSpecError(
+            f"pod {pod.metadata.name!r} already has a volume named {name!r} that is not PVC "
+            f"{dataset_name!r}; rename that volume."
+        )
+    claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=dataset_name)
+    volumes.append(k8s.V1Volume(name=name, persistent_volume_claim=claim))
+    return name
 
 
 def _requirement(key: str, values: list[str]) -> k8s.V1NodeSelectorRequirement:

@@ -11,8 +11,6 @@ from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests, status
 from fluid_airflow.hooks.fluid import FluidHook
 
-VINEYARD_MOUNT_PATH = "/var/run/vineyard"
-
 
 class FluidBindVineyardRuntimeOperator(BaseOperator):
     """Create (or adopt) the VineyardRuntime of ``namespace/dataset_name`` and wait for it.
@@ -149,6 +147,6 @@ class FluidBindVineyardRuntimeOperator(BaseOperator):
             "namespace": namespace,
             "name": self.dataset_name,
             "backend": hook.backend,
-            "mount_path": VINEYARD_MOUNT_PATH,
+            "mount_path": manifests.VINEYARD_MOUNT_PATH,
             "ipc_socket": hook.client.ipc_socket(namespace, self.dataset_name) if local else None,
         }

@@ -104,59 +104,74 @@ def build_app() -> FastAPI:
 
     @app.get("/api/handoffs")
     def handoffs(user: UserDep, dag_id: str | None = None, run_id: str | None = None) -> Any:
-        from fluid_airflow.vineyard import inventory
-
-        readable = _readable_dags(user)
-        dags = readable & {dag_id} if dag_id else readable
-        client = _client()
-        runs = [r for r in inventory.collect(client, dags) if not run_id or r.run_id == run_id]
-        return {
-            "instances": inventory.instances(client),
-            "runs": [r.to_dict() for r in runs],
-            "fluid": _fluid_phases(),
-        }
+        return _handoffs(user, dag_id, run_id)
 
     @app.post("/api/release/run")
     def release_run(body: RunRelease, user: UserDep) -> Any:
-        from fluid_airflow.vineyard.release import release_run as release
-
-        _require_edit(user, body.dag_id)
-        report = release(_client(), body.dag_id, body.run_id)
-        log.info(
-            "User %s released %d objects of %s/%s", user.get_name(), report.objects, body.dag_id, body.run_id
-        )
-        return {"objects": report.objects, "bytes": report.bytes}
+        return _release_run(body, user)
 
     @app.post("/api/release/object")
     def release_object(body: ObjectRelease, user: UserDep) -> Any:
-        import vineyard
-
-        from fluid_airflow.vineyard.migration import delete_on_holder, held_bytes
-        from fluid_airflow.vineyard.naming import split_copy_name, split_xcom_object_name
-
-        copy = split_copy_name(body.name)
-        try:
-            dag_id = str(split_xcom_object_name(copy[0] if copy else body.name)["dag_id"])
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        _require_edit(user, dag_id)
-        client = _client()
-        try:
-            object_id = client.get_name(body.name)
-        except vineyard.ObjectNotExistsException as exc:
-            raise HTTPException(404, f"no Vineyard object named {body.name!r}") from exc
-        names = {body.name: object_id}
-        if not copy:  # its migrated copies go with it
-            names.update(client.list_names(f"{body.name}#{object_id!r}@*", limit=1_000_000))
-        freed = 0
-        for name, oid in names.items():
-            try:
-                freed += held_bytes(client.get_meta(oid))
-                delete_on_holder(client, oid)
-            except vineyard.ObjectNotExistsException:
-                pass
-            client.drop_name(name)
-        log.info("User %s released %s (%d bytes)", user.get_name(), body.name, freed)
-        return {"objects": len(names), "bytes": freed}
+        return _release_object(body, user)
 
     return app
+
+
+def _handoffs(user: Any, dag_id: str | None, run_id: str | None) -> dict[str, Any]:
+    """Instances, the readable runs' objects (optionally one DAG / run) and Fluid's resources."""
+    from fluid_airflow.vineyard import inventory
+
+    readable = _readable_dags(user)
+    dags = readable & {dag_id} if dag_id else readable
+    client = _client()
+    runs = [r for r in inventory.collect(client, dags) if not run_id or r.run_id == run_id]
+    return {
+        "instances": inventory.instances(client),
+        "runs": [r.to_dict() for r in runs],
+        "fluid": _fluid_phases(),
+    }
+
+
+def _release_run(body: RunRelease, user: Any) -> dict[str, int]:
+    from fluid_airflow.vineyard.release import release_run as release
+
+    _require_edit(user, body.dag_id)
+    report = release(_client(), body.dag_id, body.run_id)
+    log.info(
+        "User %s released %d objects of %s/%s", user.get_name(), report.objects, body.dag_id, body.run_id
+    )
+    return {"objects": report.objects, "bytes": report.bytes}
+
+
+def _release_object(body: ObjectRelease, user: Any) -> dict[str, int]:
+    """Delete one named object (with its migrated copies, unless it is a copy) and drop the names."""
+    import vineyard
+
+    from fluid_airflow.vineyard.calls import LIST_LIMIT
+    from fluid_airflow.vineyard.migration import delete_on_holder, held_bytes
+    from fluid_airflow.vineyard.naming import split_copy_name, split_xcom_object_name
+
+    copy = split_copy_name(body.name)
+    try:
+        dag_id = str(split_xcom_object_name(copy[0] if copy else body.name)["dag_id"])
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    _require_edit(user, dag_id)
+    client = _client()
+    try:
+        object_id = client.get_name(body.name)
+    except vineyard.ObjectNotExistsException as exc:
+        raise HTTPException(404, f"no Vineyard object named {body.name!r}") from exc
+    names = {body.name: object_id}
+    if not copy:  # its migrated copies go with it
+        names.update(client.list_names(f"{body.name}#{object_id!r}@*", limit=LIST_LIMIT))
+    freed = 0
+    for name, oid in names.items():
+        try:
+            freed += held_bytes(client.get_meta(oid))
+            delete_on_holder(client, oid)
+        except vineyard.ObjectNotExistsException:
+            pass
+        client.drop_name(name)
+    log.info("User %s released %s (%d bytes)", user.get_name(), body.name, freed)
+    return {"objects": len(names), "bytes": freed}

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import naming
-from fluid_airflow.vineyard.release import LIST_LIMIT
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.resources import format_bytes
 
 MARGIN_BYTES = 64 * 1024  # fixed slack on top of the estimate (see the module docstring)
@@ -161,7 +161,7 @@ def check_room(
 
     Called under the in-flight lock (:func:`~fluid_airflow.vineyard.inflight.tracked`). When the
     room is short, what no name reaches is reclaimed first (a killed producer's leftovers,
-    :func:`~fluid_airflow.vineyard.inflight.reclaim`), then the check is made again.
+    :func:`~fluid_airflow.vineyard.reclaim.reclaim`), then the check is made again.
 
     :param needed: estimate of the bytes to store (:func:`payload_nbytes`); 0 is always admitted.
     :param what: the value's type for the message (``pandas.DataFrame``).
@@ -185,9 +185,9 @@ def check_room(
             return
         if attempt == "check":
             from fluid_airflow import config
-            from fluid_airflow.vineyard import inflight
+            from fluid_airflow.vineyard.reclaim import reclaim
 
-            inflight.reclaim(client, unnamed=config.get_bool("reclaim_unnamed"), locked=True)
+            reclaim(client, unnamed=config.get_bool("reclaim_unnamed"), locked=True)
     raise out_of_memory(
         client, needed, what=what, scope=scope, prefix=prefix, status=(limit, used + waiting), pending=waiting
     )
@@ -214,18 +214,7 @@ def out_of_memory(
         from fluid_airflow import config
 
         prefix = config.get("name_prefix")
-    limit = used = None
-    top: list[Holder] = []
-    try:
-        if status is None:
-            current = client.status
-            status = (int(current.memory_limit), int(current.memory_usage))
-        limit, used = status
-        top = holders(client, prefix)
-    except Exception as exc:  # the store is full, not necessarily broken: report what we have
-        cause_text = f"; could not list holders: {type(exc).__name__}: {exc}"
-    else:
-        cause_text = ""
+    limit, used, top, cause_text = _measure(client, prefix, status)
     free = None if limit is None or used is None else max(limit - used, 0)
     xcom = (
         f"XCom {scope.get('key')!r} of task {scope.get('task_id')!r} (DAG {scope.get('dag_id')!r}, "
@@ -244,6 +233,36 @@ def out_of_memory(
         )
     else:
         lines.append("Nothing was stored.")
+    lines += _who_holds(top, prefix, limit, used, pending)
+    lines.append(_fix(needed, limit, used) + cause_text)
+    return errors.VineyardOutOfMemoryError(
+        " ".join(lines), needed=needed, free=free, limit=limit, holders=top[:TOP_HOLDERS]
+    )
+
+
+def _measure(
+    client: Any, prefix: str, status: tuple[int, int] | None
+) -> tuple[int | None, int | None, list[Holder], str]:
+    """``(limit, used, holders, cause_text)``; what could not be queried is None/empty and
+    ``cause_text`` says why (the store is full, not necessarily broken: report what we have)."""
+    limit = used = None
+    top: list[Holder] = []
+    try:
+        if status is None:
+            current = client.status
+            status = (int(current.memory_limit), int(current.memory_usage))
+        limit, used = status
+        top = holders(client, prefix)
+    except Exception as exc:
+        return limit, used, top, f"; could not list holders: {type(exc).__name__}: {exc}"
+    return limit, used, top, ""
+
+
+def _who_holds(
+    top: list[Holder], prefix: str, limit: int | None, used: int | None, pending: int
+) -> list[str]:
+    """Sentences on where the used bytes are: puts in flight, the largest runs, unnamed objects."""
+    lines = []
     if pending:
         lines.append(
             f"{format_bytes(pending)} of the used bytes are announced by other puts in flight right now "
@@ -265,21 +284,21 @@ def out_of_memory(
                 f"{format_bytes(other)} are held by objects without an XCom name (other clients' objects, "
                 "or puts in flight)."
             )
+    return lines
+
+
+def _fix(needed: int, limit: int | None, used: int | None) -> str:
+    """What to do: a larger store when the value alone exceeds it, else free old runs first."""
     if limit is not None and required_bytes(needed) > limit:
-        fix = (
+        return (
             f"Fix: the value alone is larger than the whole store: start vineyardd with --size of at least "
             f"{format_bytes(required_bytes(needed) + (used or 0))} (what it holds now plus this value), or "
             "return a smaller value."
         )
-    else:
-        fix = (
-            "Fix: release old DAG runs' objects (`fluid-airflow gc` reclaims runs past [fluid] keep_for and "
-            "cleared or deleted runs; a FluidReleaseRunOperator frees a run as it ends), or start vineyardd "
-            "with a larger --size."
-        )
-    lines.append(fix + cause_text)
-    return errors.VineyardOutOfMemoryError(
-        " ".join(lines), needed=needed, free=free, limit=limit, holders=top[:TOP_HOLDERS]
+    return (
+        "Fix: release old DAG runs' objects (`fluid-airflow gc` reclaims runs past [fluid] keep_for and "
+        "cleared or deleted runs; a FluidReleaseRunOperator frees a run as it ends), or start vineyardd "
+        "with a larger --size."
     )
 
 

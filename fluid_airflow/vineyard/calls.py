@@ -31,6 +31,11 @@ from fluid_airflow import exceptions as errors
 
 _LENGTH = struct.Struct("<Q")
 
+# list_names and list_metadatas return 5 results unless told (v6d python/vineyard/core/client.py
+# ``Client.list_names`` / ``list_metadatas``, ``limit: int = 5`` @ v0.24.2; docs/design.md §3), so
+# every listing passes this instead: the one listing limit of the provider.
+LIST_LIMIT = 1_000_000
+
 
 def probe(kind: str, where: str, timeout: float) -> None:
     """Check within ``timeout`` seconds that the vineyardd at ``where`` answers a handshake.

@@ -24,8 +24,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.metadb import FINISHED_RUN_STATES
-from fluid_airflow.vineyard.inflight import Reclaimed, reclaim
+from fluid_airflow.metadb import FINISHED_RUN_STATES, runs_with_xcom_values
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import (
     XComNameParts,
@@ -34,9 +34,9 @@ from fluid_airflow.vineyard.naming import (
     split_xcom_object_name,
     xcom_object_name,
 )
-from fluid_airflow.vineyard.reference import is_reference
-from fluid_airflow.vineyard.release import LIST_LIMIT, delete_named
-from fluid_airflow.vineyard.tree import is_tree, tree_refs
+from fluid_airflow.vineyard.reclaim import Reclaimed, reclaim
+from fluid_airflow.vineyard.release import delete_named
+from fluid_airflow.vineyard.tree import referenced_ids
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",
@@ -101,42 +101,15 @@ class GcReport:
         }
 
 
-def referenced_ids(value: Any) -> set[str]:
-    """Object ids (short form, ``o…``) that one XCom row's value refers to."""
-    if isinstance(value, str) and value.startswith("{"):  # a DB that hands back the JSON text
-        import json
-
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return set()
-    if is_reference(value):
-        return {str(value.get("object_id"))}
-    if is_tree(value):
-        return {str(ref.get("object_id")) for ref in tree_refs(value)}
-    return set()
-
-
 def _run_facts(runs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, set[str]] | None]:
     """``{(dag_id, run_id): (DagRun, ids its XCom rows refer to) or None when the run is gone}``."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
     facts: dict[tuple[str, str], tuple[Any, set[str]] | None] = {}
-    with create_session() as session:
-        for dag_id, run_id in sorted(runs):
-            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-            if run is None:
-                facts[(dag_id, run_id)] = None
-                continue
-            rows = session.scalars(
-                select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
-            )
-            ids = set().union(*(referenced_ids(v) for v in rows))
-            facts[(dag_id, run_id)] = (run, ids)
-        session.expunge_all()
+    for key, found in runs_with_xcom_values(runs).items():
+        if found is None:
+            facts[key] = None
+            continue
+        run, values = found
+        facts[key] = (run, set().union(*(referenced_ids(v) for v in values)))
     return facts
 
 

@@ -20,17 +20,18 @@ Ages are seconds since the reference's ``created`` time (UTC).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.vineyard.gc import FINISHED, referenced_ids
+from fluid_airflow.metadb import FINISHED_RUN_STATES, recent_runs_with_xcom_values
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import names_pattern, split_copy_name, split_xcom_object_name
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
-from fluid_airflow.vineyard.release import LIST_LIMIT
-from fluid_airflow.vineyard.tree import is_tree, tree_refs
+from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.tree import referenced_ids, references_in
 
 RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more
 
@@ -91,21 +92,7 @@ def _rows(
 ) -> tuple[dict[tuple[str, str], tuple[str, Any]], list[tuple[str, str, Any]]]:
     """``(state, end_date)`` per run and ``(dag_id, run_id, value)`` of XCom rows holding references,
     recent runs first."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        query = select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.end_date).order_by(DagRun.id.desc())
-        if dag_ids is not None:
-            query = query.where(DagRun.dag_id.in_(dag_ids))
-        runs = {(d, r): (str(s), e) for d, r, s, e in session.execute(query.limit(10 * RECENT_RUNS))}
-        rows = session.execute(
-            select(XComModel.dag_id, XComModel.run_id, XComModel.value).where(
-                XComModel.dag_id.in_({d for d, _ in runs}), XComModel.run_id.in_({r for _, r in runs})
-            )
-        ).all()
+    runs, rows = recent_runs_with_xcom_values(dag_ids, limit=10 * RECENT_RUNS)
     return runs, [(d, r, v) for d, r, v in rows if referenced_ids(v) and (d, r) in runs]
 
 
@@ -114,11 +101,7 @@ def _refs(value: Any) -> list[VineyardReference]:
         import json
 
         value = json.loads(value)
-    if is_reference(value):
-        return [VineyardReference.from_json(value)]
-    if is_tree(value):
-        return [VineyardReference.from_json(r) for r in tree_refs(value)]
-    return []
+    return [VineyardReference.from_json(r) for r in references_in(value)]
 
 
 def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
@@ -126,10 +109,7 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
 
     :param dag_ids: only these DAGs (the DAGs the user may read); None: all.
     """
-    import vineyard
-
     now = datetime.now(timezone.utc)
-    prefix = config.get("name_prefix")
     runs_state, rows = _rows(dag_ids)
     holdings: dict[tuple[str, str], RunHoldings] = {}
 
@@ -144,9 +124,36 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
         for ref in _refs(value):
             referenced[ref.object_id] = ref
             run(dag_id, run_id)
+    seen, named_runs = _add_named(client, dag_ids, referenced, run, now)
+    for (dag_id, run_id), holding in holdings.items():
+        end = runs_state.get((dag_id, run_id), ("", None))[1]
+        no_names = not holding.objects and (dag_id, run_id) not in named_runs
+        released = _released(holding.run_state, end, no_names, now)
+        values = [value for d, r, value in rows if (d, r) == (dag_id, run_id)]
+        _add_unnamed(holding, values, seen, released, now)
+    order = {key: i for i, key in enumerate(runs_state)}
+    return sorted(holdings.values(), key=lambda h: order.get((h.dag_id, h.run_id), -1))
+
+
+def _add_named(
+    client: Any,
+    dag_ids: set[str] | None,
+    referenced: dict[str, VineyardReference],
+    run: Callable[[str, str], RunHoldings],
+    now: datetime,
+) -> tuple[set[str], set[tuple[str, str]]]:
+    """Add every object the backend's names reach to its run (``live``, or ``orphan`` when no XCom
+    row refers to it).
+
+    :returns: the ids of named originals (not copies), and the runs with any name left, dangling
+        ones included.
+    """
+    import vineyard
+
     seen: set[str] = set()
-    named_runs: set[tuple[str, str]] = set()  # runs with any name left, dangling ones included
-    for name, object_id in sorted(client.list_names(names_pattern(prefix=prefix), limit=LIST_LIMIT).items()):
+    named_runs: set[tuple[str, str]] = set()
+    pattern = names_pattern(prefix=config.get("name_prefix"))
+    for name, object_id in sorted(client.list_names(pattern, limit=LIST_LIMIT).items()):
         copy = split_copy_name(name)
         try:
             parts = split_xcom_object_name(copy[0] if copy else name)
@@ -178,29 +185,33 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
         if not copy:
             seen.add(repr(object_id))
         run(str(parts["dag_id"]), str(parts["run_id"])).objects.append(held)
-    for (dag_id, run_id), holding in holdings.items():
-        end = runs_state.get((dag_id, run_id), ("", None))[1]
-        finished = holding.run_state in FINISHED
-        keep = config.retention(holding.run_state)
-        expired = keep >= 0 and end is not None and (now - end).total_seconds() >= keep
-        no_names = not holding.objects and (dag_id, run_id) not in named_runs
-        released = finished and (expired or no_names)
-        for d, r, value in rows:
-            if (d, r) != (dag_id, run_id):
+    return seen, named_runs
+
+
+def _released(run_state: str, end: Any, no_names: bool, now: datetime) -> bool:
+    """A missing object of this run was released (not lost): the run is finished and either past
+    its retention or without any name left."""
+    keep = config.retention(run_state)
+    expired = keep >= 0 and end is not None and (now - end).total_seconds() >= keep
+    return run_state in FINISHED_RUN_STATES and (expired or no_names)
+
+
+def _add_unnamed(
+    holding: RunHoldings, values: list[Any], seen: set[str], released: bool, now: datetime
+) -> None:
+    """Add the objects the run's XCom ``values`` refer to that no name reached (released or lost)."""
+    for value in values:
+        for ref in _refs(value):
+            if ref.object_id in seen:
                 continue
-            for ref in _refs(value):
-                if ref.object_id in seen:
-                    continue
-                holding.objects.append(
-                    HeldObject(
-                        name=ref.name, object_id=ref.object_id, task_id=ref.task_id, map_index=ref.map_index,
-                        key=ref.key, type=ref.type, shape=ref.shape, bytes=ref.bytes, host=ref.host,
-                        instance_id=ref.instance_id, age=_age(ref.created, now),
-                        state="released" if released else "lost",
-                    )
-                )  # fmt: skip
-    order = {key: i for i, key in enumerate(runs_state)}
-    return sorted(holdings.values(), key=lambda h: order.get((h.dag_id, h.run_id), -1))
+            holding.objects.append(
+                HeldObject(
+                    name=ref.name, object_id=ref.object_id, task_id=ref.task_id, map_index=ref.map_index,
+                    key=ref.key, type=ref.type, shape=ref.shape, bytes=ref.bytes, host=ref.host,
+                    instance_id=ref.instance_id, age=_age(ref.created, now),
+                    state="released" if released else "lost",
+                )
+            )  # fmt: skip
 
 
 def instances(client: Any) -> list[dict[str, Any]]:
@@ -248,7 +259,8 @@ def _unnamed(client: Any, used: int) -> dict[str, int]:
     ``used`` minus the bytes of every blob a name reaches: this counts unsealed blobs too, which
     no listing shows (a killed producer's, or a put writing right now).
     """
-    from fluid_airflow.vineyard.inflight import journal_dir, journals, reachable_bytes
+    from fluid_airflow.vineyard.journal import journal_dir, journals
+    from fluid_airflow.vineyard.reclaim import reachable_bytes
 
     now = time.time()
     folder = journal_dir(client)

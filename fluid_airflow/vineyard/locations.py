@@ -16,11 +16,10 @@ from typing import Any
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import inline
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.naming import copies_pattern
 from fluid_airflow.vineyard.reference import VineyardReference, is_reference
-from fluid_airflow.vineyard.tree import is_tree, tree_refs
-
-LIST_LIMIT = 1_000_000
+from fluid_airflow.vineyard.tree import is_tree, references_in
 
 
 @dataclass
@@ -37,10 +36,8 @@ class Holding:
 def _references(refs: Any) -> list[VineyardReference]:
     if isinstance(refs, VineyardReference):
         return [refs]
-    if is_tree(refs):
-        return [VineyardReference.from_json(r) for r in tree_refs(refs)]
-    if is_reference(refs):
-        return [VineyardReference.from_json(refs)]
+    if is_tree(refs) or is_reference(refs):
+        return [VineyardReference.from_json(r) for r in references_in(refs)]
     if inline.is_inline(refs):  # a small value kept in Airflow's DB: held by no vineyardd
         return []
     if isinstance(refs, (list, tuple)):

@@ -28,12 +28,12 @@ from typing import Any
 
 from airflow.sdk.observability.stats import Stats  # at import: not inside a measured read
 
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.naming import copies_pattern, copy_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
 
 log = logging.getLogger(__name__)
 
-LIST_LIMIT = 1_000_000  # list_names returns 5 names unless told (docs/design.md §3)
 handoffs: Counter[str] = Counter()  # reads by kind in this process
 
 

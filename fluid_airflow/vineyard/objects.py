@@ -21,6 +21,7 @@ from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard import admission, calls, codec, inflight, migration
 from fluid_airflow.vineyard.naming import xcom_object_name
 from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.release import delete_named
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def _put(
         ref = _checked_reference(client, object_id, encoded, original, scope, name, index)
         client.put_name(object_id, name)
     if previous is not None and previous != object_id:
-        _delete_quietly(client, previous)  # the retried/cleared task's earlier object
+        # The retried/cleared task's earlier object; its name now points at the new one and stays.
+        delete_named(client, name, previous)
     log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
     return ref
 
@@ -298,16 +300,16 @@ def release(client: Any, ref: VineyardReference) -> bool:
                 named,
             )
             return False
-        client.drop_name(ref.name)
-        return _delete_quietly(client, object_id)
+        existed = _exists(client, object_id)
+        delete_named(client, ref.name, object_id)
+        return existed
 
 
-def _delete_quietly(client: Any, object_id: Any) -> bool:
+def _exists(client: Any, object_id: Any) -> bool:
     import vineyard
 
     try:
         client.get_meta(object_id)
     except vineyard.ObjectNotExistsException:
         return False
-    client.delete(object_id)
     return True

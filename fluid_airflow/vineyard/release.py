@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluid_airflow import config
+from fluid_airflow.vineyard.calls import LIST_LIMIT
 from fluid_airflow.vineyard.migration import held_bytes
 from fluid_airflow.vineyard.naming import run_name_prefix
-
-LIST_LIMIT = 1_000_000  # list_names defaults to 5 results (docs/design.md §3)
 
 
 @dataclass
@@ -81,8 +80,9 @@ def release_run(
 def delete_named(client: Any, name: str, object_id: Any) -> None:
     """Delete the object, and its name if that still points at it.
 
-    The one delete of a named XCom object (release, gc): between listing a name and deleting it,
-    a retried or cleared task may have repointed the name to its new object, which must stay.
+    The one delete of a named XCom object (release, gc, the backend's purge and re-put): between
+    listing a name and deleting it, a retried or cleared task may have repointed the name to its
+    new object, which must stay.
     ``client.delete`` of an object already gone is a silent no-op (docs/design.md §2).
     """
     import vineyard

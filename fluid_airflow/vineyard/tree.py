@@ -114,6 +114,31 @@ def from_tree(
     return build(tree["value"])
 
 
+def references_in(value: object) -> list[dict[str, Any]]:
+    """The references a backend row's (parsed) value holds: itself when it is a reference, a
+    tree's compact references depth first, else none.
+
+    The one reading of "which objects does this row refer to" (purge, gc, the handoffs page,
+    locations, ``@task.fluid``); callers differ only in how they parse JSON text and what they
+    recurse into around it.
+    """
+    if is_reference(value):
+        return [value]
+    if is_tree(value):
+        return tree_refs(value)
+    return []
+
+
+def referenced_ids(value: Any) -> set[str]:
+    """Object ids (short form, ``o…``) that one XCom row's value refers to."""
+    if isinstance(value, str) and value.startswith("{"):  # a DB that hands back the JSON text
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return set()
+    return {str(ref.get("object_id")) for ref in references_in(value)}
+
+
 def tree_refs(tree: dict[str, Any]) -> list[dict[str, Any]]:
     """Every compact reference in a tree, depth first."""
     found: list[dict[str, Any]] = []

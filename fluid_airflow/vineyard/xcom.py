@@ -201,12 +201,7 @@ class VineyardXComBackend(BaseXCom):
                 value = json.loads(value)
             except ValueError:
                 return
-        if is_reference(value):
-            refs = [VineyardReference.from_json(value)]
-        elif tree.is_tree(value):
-            refs = [VineyardReference.from_json(r) for r in tree.tree_refs(value)]
-        else:
-            return
+        refs = [VineyardReference.from_json(r) for r in tree.references_in(value)]
         for ref in refs:
             owner = _row_owns(xcom, ref)
             if owner is not True:
