@@ -40,7 +40,10 @@ NS, NAME = "airflow", "airflow-xcom"  # the files' namespace and Dataset
 POOL = {"fluid-airflow.test/pool": "deploy"}
 TEMPLATE_POD = "xcom-worker"
 RBAC = DEPLOY / "rbac"
-ACCOUNTS = ("airflow-worker", "airflow-triggerer")  # the chart's, release `airflow` (rolebinding-example.yaml)
+ACCOUNTS = (
+    "airflow-worker",
+    "airflow-triggerer",
+)  # the chart's, release `airflow` (rolebinding-example.yaml)
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -97,10 +100,14 @@ def bind_shipped_rbac(plane: ControlPlane) -> dict[str, Path]:
     for role in (*docs(RBAC / "role.yaml"), *docs(RBAC / "pod-role.yaml")):
         rbac.create_namespaced_role(NS, role)
     for account in ACCOUNTS:
-        core.create_namespaced_service_account(NS, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account)))
+        core.create_namespaced_service_account(
+            NS, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+        )
     for binding in docs(RBAC / "rolebinding-example.yaml"):
         rbac.create_namespaced_role_binding(NS, binding)
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+    )
     return {
         account: write_kubeconfig(
             plane.dir / f"deploy-{account}.kubeconfig", plane.server, plane.pki.ca_cert,

@@ -103,7 +103,10 @@ def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_venv_has_exactly_the_pinned_versions(image_python: Path):
     frozen = subprocess.run(
-        [str(image_python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+        [str(image_python), "-m", "pip", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(frozen.stdout)}
     constraints = pins(REPO / "constraints.txt")
@@ -137,7 +140,9 @@ def _run_task(python: Path, config: Path, folder: Path) -> subprocess.CompletedP
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_the_installed_runner_runs_a_task_against_vineyardd(image_python, vineyardd, vineyard_client, tmp_path):
+def test_the_installed_runner_runs_a_task_against_vineyardd(
+    image_python, vineyardd, vineyard_client, tmp_path
+):
     from fluid_airflow.vineyard.reference import is_reference
     from fluid_airflow.vineyard.release import release_run
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
@@ -146,7 +151,9 @@ def test_the_installed_runner_runs_a_task_against_vineyardd(image_python, vineya
     run = _run_task(image_python, config, tmp_path)
     try:
         assert run.returncode == 0, run.stderr[-3000:]
-        assert "fluid-airflow: vineyardd ipc" in run.stderr and "on node cache-node-1" in run.stderr, run.stderr
+        assert "fluid-airflow: vineyardd ipc" in run.stderr and "on node cache-node-1" in run.stderr, (
+            run.stderr
+        )
         row = json.loads((tmp_path / "return.json").read_text())
         assert is_reference(row), row  # stored in Vineyard; only the reference goes back to Airflow
         value = VineyardXComBackend.deserialize_value(type("Row", (), {"value": row})())

@@ -190,13 +190,16 @@ def test_the_values_configure_the_backend_and_the_connections():
     assert "vineyard_socket" in fluid  # worker pods: the socket Fluid's fuse links under the PVC
     assert fluid and fluid <= set(config.OPTIONS), fluid - set(config.OPTIONS)
     conn = json.loads(env["AIRFLOW_CONN_FLUID_DEFAULT"])
-    assert conn == {"conn_type": "fluid", "extra": {"backend": "kubernetes", "in_cluster": True, "namespace": NS}}
+    assert conn == {
+        "conn_type": "fluid",
+        "extra": {"backend": "kubernetes", "in_cluster": True, "namespace": NS},
+    }
     assert json.loads(env["AIRFLOW_CONN_KUBERNETES_DEFAULT"])["extra"]["in_cluster"] is True
     image = values["images"]["pod_template"]
     assert env["AIRFLOW_VAR_FLUID_TASK_IMAGE"] == f"{image['repository']}:{image['tag']}"
 
 
-def test_a_template_pod_lands_on_a_cache_node_and_mounts_the_pvc(xcom_dataset: ControlPlane):
+def test_a_template_pod_lands_on_a_cache_node_and_mounts_the_pvc(xcom_dataset: ControlPlane):  # noqa: F811
     """The real kube-scheduler placed the template's pod on a node Fluid labelled and that runs a worker; the
     template's node-affinity key is the one read from Fluid's PVC (pods.cache_label_key)."""
     core = xcom_dataset.core_v1()
@@ -208,10 +211,11 @@ def test_a_template_pod_lands_on_a_cache_node_and_mounts_the_pvc(xcom_dataset: C
     workers = core.list_namespaced_pod(NS, label_selector=manifests.worker_selector(NAME)).items
     assert pod.spec.node_name in cache_nodes(xcom_dataset)
     assert pod.spec.node_name in {w.spec.node_name for w in workers}
-    (volume,) = pod.spec.volumes
+    # the API server adds the service account's token volume (kube-api-access-*) next to ours
+    (volume,) = [v for v in pod.spec.volumes if v.persistent_volume_claim]
     assert volume.persistent_volume_claim.claim_name == NAME
-    (mount,) = pod.spec.containers[0].volume_mounts
-    assert (mount.name, mount.mount_path) == (volume.name, VINEYARD_MOUNT_PATH)
+    (mount,) = [m for m in pod.spec.containers[0].volume_mounts if m.name == volume.name]
+    assert mount.mount_path == VINEYARD_MOUNT_PATH
 
 
 def _selector(peer: dict[str, Any]) -> str:
@@ -220,11 +224,13 @@ def _selector(peer: dict[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
     for expr in selector.get("matchExpressions") or []:
         op = expr["operator"]
-        parts.append(expr["key"] if op == "Exists" else f"{expr['key']} {op.lower()} ({','.join(expr['values'])})")
+        parts.append(
+            expr["key"] if op == "Exists" else f"{expr['key']} {op.lower()} ({','.join(expr['values'])})"
+        )
     return ",".join(parts)
 
 
-def test_the_network_policy_selects_the_workers_rpc_port_and_admits_airflow(xcom_dataset: ControlPlane):
+def test_the_network_policy_selects_the_workers_rpc_port_and_admits_airflow(xcom_dataset: ControlPlane):  # noqa: F811
     """On the pods Fluid really made (ContainerNetwork): the policy selects exactly the runtime's workers, its
     port is their `rpc` container port, and its first peer admits the template's worker pod."""
     core = xcom_dataset.core_v1()
@@ -240,7 +246,10 @@ def test_the_network_policy_selects_the_workers_rpc_port_and_admits_airflow(xcom
     admitted = {p.metadata.name for p in core.list_namespaced_pod(NS, label_selector=airflow_peer).items}
     assert TEMPLATE_POD in admitted, admitted
     peers = {_selector(p) for p in policy["ingress"][0]["from"]}
-    assert _selector({"podSelector": {"matchExpressions": [{"key": pods.DATASET_LABEL, "operator": "Exists"}]}}) in peers
+    assert (
+        _selector({"podSelector": {"matchExpressions": [{"key": pods.DATASET_LABEL, "operator": "Exists"}]}})
+        in peers
+    )
 
 
 CONN = "fluid_k8s_deploy"
@@ -273,7 +282,7 @@ def _run_sync(plane: ControlPlane, kubeconfig: Path, dag_id: str, xcom_dir: Path
             player.join(60)
 
 
-def test_task_fluid_runs_as_the_charts_worker_account(xcom_dataset, accounts, xcom_dir, vineyardd):
+def test_task_fluid_runs_as_the_charts_worker_account(xcom_dataset, accounts, xcom_dir, vineyardd):  # noqa: F811
     """KPO's list (reattach lookup), create, get, exec into the xcom sidecar and delete, and role.yaml's PVC
     lookup, all as airflow-worker bound by the example RoleBindings; its pod log readable by it too."""
     worker = accounts["airflow-worker"]
@@ -288,7 +297,7 @@ async def _first_event(trigger: Any) -> dict[str, Any]:
     raise AssertionError("the trigger ended without an event")
 
 
-def test_deferrable_task_fluid_waits_as_the_triggerer_account(xcom_dataset, accounts, xcom_dir, vineyardd):
+def test_deferrable_task_fluid_waits_as_the_triggerer_account(xcom_dataset, accounts, xcom_dir, vineyardd):  # noqa: F811
     """Deferred by the worker, KPO's trigger runs as airflow-triggerer (pod get, event watch), and the task
     resumes on a worker."""
     op, dag = task_operator(CONN, accounts["airflow-worker"], "fa_deploy_deferred", deferrable=True)
@@ -298,7 +307,9 @@ def test_deferrable_task_fluid_waits_as_the_triggerer_account(xcom_dataset, acco
             op.execute(context)
         play_base_container(xcom_dataset, op.task_id, xcom_dir, vineyardd.socket_path)
         trigger = deferred.value.trigger
-        trigger.config_dict = yaml.safe_load(accounts["airflow-triggerer"].read_text())  # the triggerer's identity
+        trigger.config_dict = yaml.safe_load(
+            accounts["airflow-triggerer"].read_text()
+        )  # the triggerer's identity
         event = asyncio.run(_first_event(trigger))
         assert event["status"] == "success", event
         assert getattr(op, deferred.value.method_name)(context, event) == EXPECTED
@@ -312,7 +323,7 @@ def _chain(exc: BaseException | None) -> str:
     return "\n".join(parts)
 
 
-def test_without_create_on_pods_exec_the_sidecar_read_is_refused(xcom_dataset, accounts, xcom_dir, vineyardd):
+def test_without_create_on_pods_exec_the_sidecar_read_is_refused(xcom_dataset, accounts, xcom_dir, vineyardd):  # noqa: F811
     """Kubernetes 1.36 authorizes the exec WebSocket upgrade as `create` on pods/exec: with `get` alone (what
     API servers before 1.35 checked) the task fails reading its result. The shipped Role is restored after."""
     rbac = client.RbacAuthorizationV1Api(xcom_dataset.api_client())
@@ -324,7 +335,9 @@ def test_without_create_on_pods_exec_the_sidecar_read_is_refused(xcom_dataset, a
     rbac.replace_namespaced_role(shipped["metadata"]["name"], NS, get_only)
     try:
         with pytest.raises(Exception) as failed:
-            _run_sync(xcom_dataset, accounts["airflow-worker"], "fa_deploy_no_exec", xcom_dir, vineyardd.socket_path)
+            _run_sync(
+                xcom_dataset, accounts["airflow-worker"], "fa_deploy_no_exec", xcom_dir, vineyardd.socket_path
+            )
     finally:
         rbac.replace_namespaced_role(shipped["metadata"]["name"], NS, shipped)
     text = _chain(failed.value)
