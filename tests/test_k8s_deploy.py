@@ -256,6 +256,22 @@ CONN = "fluid_k8s_deploy"
 EXPECTED = {"total": 6, "label": "done"}
 
 
+def test_the_hooks_read_the_values_connections(monkeypatch: pytest.MonkeyPatch):
+    """The connections as Airflow parses the values' env: the Fluid hook and KPO's hook both go in-cluster,
+    in namespace `airflow`."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    from fluid_airflow.hooks.fluid import FluidHook
+
+    for item in yaml.safe_load(VALUES.read_text())["env"]:
+        if item["name"].startswith("AIRFLOW_CONN_"):
+            monkeypatch.setenv(item["name"], item["value"])
+    fluid = FluidHook()  # fluid_default, what the pipeline's operators use
+    assert (fluid.backend, fluid.namespace(), fluid._kube_args()) == ("kubernetes", NS, {"in_cluster": True})
+    kpo = KubernetesHook(conn_id="kubernetes_default")
+    assert kpo._get_field("in_cluster") is True and kpo.get_namespace() == NS
+
+
 @pytest.fixture(scope="module")
 def accounts(xcom_dataset: ControlPlane) -> dict[str, Path]:  # noqa: F811
     return bind_shipped_rbac(xcom_dataset)
