@@ -54,7 +54,7 @@ from kubernetes import client
 
 from fluid_airflow import config
 from fluid_airflow.fluid import manifests, pods
-from fluid_airflow.operators.runtime import VINEYARD_MOUNT_PATH
+from fluid_airflow.fluid.manifests import VINEYARD_MOUNT_PATH
 
 VALUES = DEPLOY / "airflow" / "values.yaml"
 POLICY = DEPLOY / "networkpolicy.yaml"
