@@ -7,7 +7,7 @@ plane cannot do:
 
 1. **Running a container.** kwok runs none, so ``@task.fluid`` pods whose runner must really run (and reach a
    real vineyardd through the Dataset's mount) use this double with the kubelet double
-   (``tests/kubelet_double.py``): ``tests/test_fluid_pods_e2e.py``, ``tests/test_fluid_nopush.py``.
+   (``tests/kubelet_double.py``): ``tests/test_fluid_pods_e2e.py``.
 2. **Answers the real plane gives only on failures it cannot be made to have on demand**: 5xx answers and
    retries, Fluid's CRDs missing, a Dataset in phase ``Failed`` (``tests/test_fluid_sensor.py``).
 

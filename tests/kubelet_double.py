@@ -3,7 +3,7 @@
 Neither a kubelet nor a container runtime: the kubelet of one node, so KPO pods of ``KubeApiDouble`` run.
 It stands in for the one thing the real control plane (``tests/controlplane/``, where kwok plays every
 kubelet) cannot do: run a task pod's container, here the ``@task.fluid`` runner against a real vineyardd
-(``tests/test_fluid_pods_e2e.py``, ``tests/test_fluid_nopush.py``).
+(``tests/test_fluid_pods_e2e.py``).
 
 - It polls the pods of a namespace through the real kubernetes client (the API double has no watch); it runs
   *task pods*, those with a container named ``base`` (KPO's), not the simulated Vineyard pods.

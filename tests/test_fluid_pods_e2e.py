@@ -23,6 +23,11 @@ Checked: DAG ``fa_fluid_pods`` (tests/dags) succeeds with only references crossi
 consumer pod's spec, the XCom rows, ``resolved_in_process`` unchanged in this process, which runs the tasks);
 the consumer pod's PVC mount and data/object affinity; pods deleted after use; a retried try runs in a new
 pod while the failed one is kept. (``on_kill`` deleting the running pod: tests/test_k8s_task_fluid.py.)
+
+Also defect 10 of issue 15: ``do_xcom_push=False`` must not break the runner. Without it KPO adds no XCom
+sidecar and no ``/airflow/xcom`` volume (cncf-kubernetes 10.25 ``operators/pod.py``
+``build_pod_request_obj``), so the runner must not be told to write ``/airflow/xcom/return.json`` (a
+non-root image cannot create it) and must not store a result no XCom row will reference.
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ import pytest
 import yaml
 from airflow.providers.cncf.kubernetes.utils.pod_manager import EMPTY_XCOM_RESULT, OnFinishAction, PodManager
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+from airflow.sdk.serde import serialize
 from conftest import task_states, xcom_rows
 from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa: F401  (pytest fixtures)
 from k8s_double_fluid import worker_ip
 from kubelet_double import KubeletDouble
 
+from fluid_airflow.decorators import runner
+from fluid_airflow.hooks.vineyard import VineyardHook
 from fluid_airflow.vineyard import xcom as vineyard_xcom
 from fluid_airflow.vineyard.daemon import LocalVineyardd
 from fluid_airflow.vineyard.reference import is_reference
@@ -191,3 +199,61 @@ def test_a_retried_try_runs_in_a_new_pod(cluster, run_dag, dagbag, tmp_path, mon
     assert [r.status for r in before if r.method == "PATCH" and r.path == PODS + names[0]] == [403]
     rows = {(x.task_id, x.key): x.value for x in xcom_rows(dag_run.dag_id, dag_run.run_id)}
     assert rows[("consume", "return_value")]["frame_total"] == 499500
+
+
+# -- do_xcom_push=False ---------------------------------------------------------------------------------
+
+PRODUCE = "def produce():\n    import numpy as np\n    return np.ones(1 << 20)\n"
+
+
+def _usage(socket: str) -> int:
+    return int(VineyardHook(ipc_socket=socket).get_conn().status.memory_usage)
+
+
+def test_runner_without_output_runs_the_function_and_stores_nothing(vineyardd, tmp_path, monkeypatch):
+    monkeypatch.setenv("VINEYARD_IPC_SOCKET", str(vineyardd.socket_path))
+    spec = {
+        "function": "produce",
+        "source": PRODUCE + "open('ran', 'w').write('yes')\n",
+        "inputs": serialize({"args": [], "kwargs": {}}),
+        "scope": {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.chdir(tmp_path)
+    before = _usage(str(vineyardd.socket_path))
+    assert runner.main(["--spec", str(tmp_path / "spec.json")]) == 0
+    assert (tmp_path / "ran").read_text() == "yes"
+    assert _usage(str(vineyardd.socket_path)) == before  # the 8 MiB result was not stored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ran", "spec.json"]
+
+
+def test_fluid_task_pod_without_xcom_push(cluster):
+    """The task pod gets no ``--output`` and no sidecar, its runner exits 0, nothing is stored, and the task
+    returns None."""
+    from airflow.sdk import DAG, task
+
+    from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
+    from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
+
+    FluidCreateDatasetOperator(task_id="c", dataset_name=DATASET, fluid_conn_id=CONN).execute({})
+    FluidBindVineyardRuntimeOperator(task_id="b", dataset_name=DATASET, fluid_conn_id=CONN).execute({})
+    with DAG("fa_fluid_nopush", schedule=None) as dag:
+
+        @task.fluid(dataset_name=DATASET, image="fluid-airflow:e2e", fluid_conn_id=CONN,
+                    kubernetes_conn_id=KUBE_CONN, get_logs=False, do_xcom_push=False)  # fmt: skip
+        def produce():
+            import numpy as np
+
+            return np.ones(1 << 20)
+
+        op = produce().operator
+    ti = SimpleNamespace(dag_id=dag.dag_id, task_id=op.task_id, run_id="manual__nopush", map_index=-1,
+                         try_number=1, xcom_push=lambda key, value: None)  # fmt: skip
+    before = _usage(str(cluster.daemon.socket_path))
+    assert op.execute({"ti": ti, "run_id": ti.run_id, "dag": dag}) is None
+    ((name, run),) = cluster.kubelet.runs.items()
+    containers = {c["name"]: c for c in run.pod["spec"]["containers"]}
+    assert list(containers) == ["base"], list(containers)
+    assert "--output" not in containers["base"].get("args", []), containers["base"].get("args")
+    assert run.proc.returncode == 0, cluster.kubelet.logs(name)
+    assert _usage(str(cluster.daemon.socket_path)) == before
