@@ -34,7 +34,7 @@ EXIT_NOT_RUNNING = 3
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluid-airflow", description=__doc__.split("\n\n")[0])
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,cluster,gc}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,cluster,gc,release}")
     _add_vineyard(groups)
     _add_cluster(groups)
     _add_gc(groups)
