@@ -232,8 +232,11 @@ def test_foreign_listener_on_socket_is_refused(runtime):
     server.bind(str(runtime / "vineyard.sock"))
     server.listen()
     try:
-        with pytest.raises(SocketInUseError, match="not started by fluid-airflow"):
+        with pytest.raises(SocketInUseError, match="not started by fluid-airflow") as refused:
             LocalVineyardd(runtime).start("16Mi")
+        # Not this runtime dir's daemon: stopping "--runtime-dir <this one>" would stop nothing.
+        assert "stop it where it was started" in str(refused.value)
+        assert "vineyard stop --runtime-dir" not in str(refused.value)
     finally:
         server.close()
 

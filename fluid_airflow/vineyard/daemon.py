@@ -197,11 +197,15 @@ class LocalVineyardd:
                 "another --socket / --runtime-dir"
             )
         if mode is not None and socket_answers(sock):
-            owner = f"vineyardd pid {pid}" if pid else "a process not started by fluid-airflow"
+            if pid:
+                stop = f"stop it first (`fluid-airflow vineyard stop --runtime-dir {self.runtime_dir}`)"
+                owner = f"vineyardd pid {pid}"
+            else:  # not this runtime dir's: its own runtime dir (unknown here) is where to stop it
+                stop = "stop it where it was started"
+                owner = f"a process not started by fluid-airflow from {self.runtime_dir}"
             raise SocketInUseError(
-                f"vineyardd IPC socket {sock} is already served by {owner}; use it as is, stop it first "
-                f"(`fluid-airflow vineyard stop --runtime-dir {self.runtime_dir}`), or choose another "
-                "--socket / --runtime-dir"
+                f"vineyardd IPC socket {sock} is already served by {owner}; use it as is, {stop}, or "
+                "choose another --socket / --runtime-dir"
             )
         if pid is not None:
             raise SocketInUseError(
