@@ -32,6 +32,17 @@ EXIT_ERROR = 1
 EXIT_NOT_RUNNING = 3
 
 
+def _seconds(text: str) -> float:
+    """A ``--timeout`` value: a finite number of seconds above 0 (argparse reports the error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout is a number of seconds above 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluid-airflow", description=__doc__.split("\n\n")[0])
     groups = parser.add_subparsers(dest="group", required=True, metavar="{vineyard,cluster,gc,release}")
@@ -71,11 +82,11 @@ def _add_vineyard(groups: Subcommands) -> None:
         help="group also allowed to use the socket (folder 0710, socket 0660); default [fluid] "
         "socket_group, else only you (0700 / 0600)",
     )
-    start.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (30)")
+    start.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for readiness (30)")
 
     stop = commands.add_parser("stop", help="stop the vineyardd of the runtime dir (SIGTERM, then SIGKILL)")
     stop.add_argument("--runtime-dir", help=runtime_help)
-    stop.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (10)")
+    stop.add_argument("--timeout", type=_seconds, default=10.0, help="seconds before SIGKILL (10)")
 
     status = commands.add_parser("status", help="show whether vineyardd runs; exit 0 if so, 3 if not")
     status.add_argument("--runtime-dir", help=runtime_help)
@@ -116,7 +127,7 @@ def _add_release(groups: Subcommands) -> None:
     release.add_argument("--dag-id", required=True, help="the DAG of the run")
     release.add_argument("--run-id", required=True, help="the DAG run")
     release.add_argument(
-        "--timeout", type=float, help="seconds one vineyardd call may wait ([fluid] vineyard_timeout)"
+        "--timeout", type=_seconds, help="seconds one vineyardd call may wait ([fluid] vineyard_timeout)"
     )
     release.add_argument(
         "--if-clear-number",

@@ -118,3 +118,11 @@ def test_errors_exit_1_with_one_message_and_no_traceback(runtime):
 def test_usage_error_exits_2():
     result = cli("start", "--rpc-port", "not-a-number")
     assert result.returncode == 2 and "invalid int value" in result.stderr
+
+
+def test_a_timeout_of_zero_or_less_is_a_usage_error_before_anything_starts(runtime):
+    for value in ("0", "-5", "nan", "soon"):
+        result = cli("start", "--runtime-dir", str(runtime), "--size", "16Mi", "--timeout", value)
+        assert result.returncode == 2, (value, result.stderr)
+        assert "--timeout" in result.stderr and repr(value) in result.stderr, result.stderr
+    assert not (runtime / "vineyardd.log").exists()  # nothing was spawned
