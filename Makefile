@@ -63,13 +63,11 @@ bench: $(BENCH_STAMP)
 
 # The control-plane tests need the Go-built Kubernetes + Fluid binaries (cached outside the checkout:
 # ~16-28 min the first time on 2 cores, under a second after). scripts/test.sh runs them beside the
-# unit tests, then the deployment tests alone.
+# unit tests and then the pandas 3 tests, then the deployment tests alone.
 test: $(STAMP) $(STAMP3) controlplane
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench
 	$(BIN)/mypy
-	bash scripts/test.sh $(BIN)/python
-	@echo "--- the same on pandas $(PANDAS3) ($(VENV3)): $(PANDAS3_TESTS)"
-	$(BIN3)/python -m pytest $(PANDAS3_TESTS)
+	bash scripts/test.sh $(BIN)/python $(BIN3)/python $(PANDAS3_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fluid_airflow dags tests scripts bench

@@ -4,11 +4,15 @@
 #      Kubernetes and Fluid controllers) in a background pytest process, beside
 #   2. the unit tests (real vineyardd, etcd, dag.test) in the foreground;
 #   3. then the deployment tests (a real Airflow with its scheduler: CPU-heavy) alone.
+# With a second interpreter (the pandas 3 venv) and its tests, those run in the foreground after the
+# unit tests, while the control-plane tests are still running (they take longer than the unit tests).
 # Each run has its own session fixtures, temporary folders and free ports. The exit code is non-zero
 # if any run failed; every run's output is printed.
-# Usage: scripts/test.sh <python>   (the venv's interpreter)
+# Usage: scripts/test.sh <python> [<python3> <test file>...]   (the venvs' interpreters)
 set -uo pipefail
-PY=${1:?usage: scripts/test.sh <python>}
+PY=${1:?usage: scripts/test.sh <python> [<python3> <test file>...]}
+PY3=${2:-}
+PANDAS3_TESTS=("${@:3}")
 cd "$(dirname "$0")/.."
 
 CONTROL_PLANE=(tests/test_controlplane.py tests/test_k8s_*.py)
@@ -26,6 +30,13 @@ echo "--- unit tests (the control-plane tests run beside them; their output foll
 "$PY" -m pytest -m "not deployment" "${IGNORE[@]}"
 units=$?
 
+pandas3=0
+if [[ -n "$PY3" ]]; then
+  echo "--- the same on pandas 3 ($PY3): ${PANDAS3_TESTS[*]}"
+  "$PY3" -m pytest -p no:cacheprovider "${PANDAS3_TESTS[@]}"
+  pandas3=$?
+fi
+
 wait "$cp_pid"
 cp=$?
 trap - EXIT
@@ -37,5 +48,5 @@ echo "--- deployment tests (a real Airflow: api-server, scheduler, dag-processor
 "$PY" -m pytest -m deployment "${IGNORE[@]}"
 deployment=$?
 
-echo "--- exit codes: unit $units, control plane $cp, deployment $deployment"
-exit $(( units || cp || deployment ))
+echo "--- exit codes: unit $units, pandas 3 $pandas3, control plane $cp, deployment $deployment"
+exit $(( units || pandas3 || cp || deployment ))
