@@ -43,7 +43,7 @@ class Settings:
 
 def settings_from_env() -> Settings:
     """Read ``BENCH_MAX``, ``BENCH_QUICK``, ``BENCH_DAG_SCALES`` and ``BENCH_OUT``."""
-    from fluid_airflow.vineyard.resources import parse_size
+    from fluid_airflow.vineyard.local.resources import parse_size
 
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     try:
@@ -130,7 +130,7 @@ def main() -> int:
         from bench.api_level import ApiBench
         from bench.measure import Worker
         from bench.peers import make_peers
-        from fluid_airflow.vineyard.daemon import LocalVineyardd
+        from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         vineyardd = LocalVineyardd(ws.runtime)
         peers = make_peers(ws.disk, ws.shm)

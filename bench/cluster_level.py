@@ -1,6 +1,6 @@
 """Cross-instance hand-off: a value stored on instance 0 of a local Vineyard cluster, read on 1.
 
-Two vineyardd on one etcd (:class:`fluid_airflow.vineyard.cluster.LocalVineyardCluster`), each
+Two vineyardd on one etcd (:class:`fluid_airflow.vineyard.local.cluster.LocalVineyardCluster`), each
 standing for a cache node. The producer stores a numeric DataFrame through our backend on
 instance 0; each read + full scan then runs in a fresh process (imports excluded), median of a
 few runs:
@@ -72,9 +72,9 @@ def run_cluster_level(ws: Any, nbytes: int, repeats: int = 3) -> list[dict[str, 
     """
     from bench import data
     from fluid_airflow.hooks.vineyard import VineyardHook
-    from fluid_airflow.vineyard import migration
-    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
-    from fluid_airflow.vineyard.reference import VineyardReference
+    from fluid_airflow.vineyard.data.reference import VineyardReference
+    from fluid_airflow.vineyard.lifecycle import migration
+    from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
 
     cluster = LocalVineyardCluster(ws.runtime / "cluster", instances=2)

@@ -64,7 +64,7 @@ def hand_off(value: Any, db: sqlite3.Connection, key: str) -> float:
 
 def measure(db: sqlite3.Connection) -> dict[tuple[str, int], dict[str, float]]:
     """Median seconds per (kind, size) for both ways."""
-    from fluid_airflow.vineyard.inline import payload_bytes
+    from fluid_airflow.vineyard.data.inline import payload_bytes
 
     results: dict[tuple[str, int], dict[str, float]] = {}
     for kind in ("ndarray", "dataframe"):
@@ -99,7 +99,7 @@ def main() -> None:
             AIRFLOW__FLUID__KEEP_FOR="-1",
             AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
         )
-        from fluid_airflow.vineyard.daemon import LocalVineyardd
+        from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         daemon = LocalVineyardd(Path(tmp))
         daemon.start("512Mi")

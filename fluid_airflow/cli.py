@@ -1,12 +1,12 @@
 """``fluid-airflow``: command-line helpers of the provider.
 
 ``fluid-airflow vineyard start|stop|status`` manage the local vineyardd (a thin layer over
-:class:`fluid_airflow.vineyard.daemon.LocalVineyardd`). Defaults come from the ``[fluid]`` Airflow
+:class:`fluid_airflow.vineyard.local.daemon.LocalVineyardd`). Defaults come from the ``[fluid]`` Airflow
 config section (``AIRFLOW__FLUID__RUNTIME_DIR``, ``AIRFLOW__FLUID__LOCAL_VINEYARD_SIZE``).
 ``fluid-airflow cluster start|stop|status`` manage a local Vineyard cluster: one etcd and N
-vineyardd with RPC, each standing for a cache node (:mod:`fluid_airflow.vineyard.cluster`).
+vineyardd with RPC, each standing for a cache node (:mod:`fluid_airflow.vineyard.local.cluster`).
 ``fluid-airflow gc`` deletes the XCom backend's Vineyard objects that Airflow no longer refers to
-(:mod:`fluid_airflow.vineyard.gc`); it reads Airflow's metadata DB, like any Airflow CLI command.
+(:mod:`fluid_airflow.vineyard.lifecycle.gc`); it reads Airflow's metadata DB, like any Airflow CLI command.
 
 Exit codes: 0 success; 1 error (one paragraph on stderr, no traceback); 2 bad usage (argparse);
 ``status`` exits 3 when no vineyardd answers, like ``systemctl status``.
@@ -21,8 +21,10 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from fluid_airflow.units import format_bytes
+
 if TYPE_CHECKING:
-    from fluid_airflow.vineyard.daemon import DaemonStatus
+    from fluid_airflow.vineyard.local.daemon import DaemonStatus
 
     # what add_subparsers returns: argparse names it only privately (typeshed types it so)
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -140,8 +142,6 @@ def _add_release(groups: Subcommands) -> None:
 
 def describe(status: DaemonStatus) -> str:
     """Human-readable lines for ``status``."""
-    from fluid_airflow.vineyard.resources import format_bytes
-
     if not status.running:
         if status.pid:
             return (
@@ -163,7 +163,7 @@ def describe(status: DaemonStatus) -> str:
 
 def _start(args: argparse.Namespace) -> int:
     from fluid_airflow import config
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     daemon = LocalVineyardd(args.runtime_dir, socket=args.socket, socket_group=args.socket_group)
     status = daemon.start(
@@ -180,7 +180,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     daemon = LocalVineyardd(args.runtime_dir)
     pid = daemon.pid()
@@ -192,7 +192,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     status = LocalVineyardd(args.runtime_dir).status()
     print(json.dumps(status.to_dict(), indent=2) if args.json else describe(status))
@@ -200,12 +200,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from fluid_airflow.vineyard.release import release_run
+    from fluid_airflow.vineyard.lifecycle.release import release_run
     from fluid_airflow.vineyard.xcom import backend_hook
 
     still_ended = None
     if args.if_clear_number is not None:
-        from fluid_airflow.metadb import run_still_ended
+        from fluid_airflow.vineyard.lifecycle.metadb import run_still_ended
 
         def still_ended() -> bool:
             return run_still_ended(args.dag_id, args.run_id, args.if_clear_number)
@@ -225,7 +225,7 @@ def _gc(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
     from fluid_airflow.exceptions import FluidAirflowError
-    from fluid_airflow.vineyard.gc import collect, describe
+    from fluid_airflow.vineyard.lifecycle.gc import collect, describe
     from fluid_airflow.vineyard.xcom import backend_hook
 
     try:
@@ -240,7 +240,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _cluster_start(args: argparse.Namespace) -> int:
-    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
+    from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
 
     cluster = LocalVineyardCluster(args.runtime_dir, instances=args.instances)
     for instance in cluster.start(args.size):
@@ -252,7 +252,7 @@ def _cluster_start(args: argparse.Namespace) -> int:
 
 
 def _cluster_stop(args: argparse.Namespace) -> int:
-    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
+    from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
 
     stopped = LocalVineyardCluster(args.runtime_dir).stop()
     print(f"cluster in {args.runtime_dir} {'stopped' if stopped else 'was not running'}")
@@ -262,7 +262,7 @@ def _cluster_stop(args: argparse.Namespace) -> int:
 def _cluster_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from fluid_airflow.vineyard.cluster import LocalVineyardCluster
+    from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
 
     cluster = LocalVineyardCluster(args.runtime_dir)
     if not cluster.state_file.exists():

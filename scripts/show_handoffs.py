@@ -24,13 +24,13 @@ MAX_ROW_BYTES = 2048  # rows holding references must stay small: Airflow's DB is
 
 def _ref_marker() -> str:
     try:
-        from fluid_airflow.vineyard.reference import MARKER
+        from fluid_airflow.vineyard.data.reference import MARKER
     except ImportError:  # keep the script usable with a checkout that lacks the backend
         return "__vineyard_ref__"
     return MARKER
 
 
-# fluid_airflow.vineyard.inline.MARKER, spelled out like the reference marker's fallback above.
+# fluid_airflow.vineyard.data.inline.MARKER, spelled out like the reference marker's fallback above.
 INLINE_MARKER = "__vineyard_inline__"
 
 

@@ -59,7 +59,7 @@ def _kubernetes_default_configuration():
 @pytest.fixture(scope="session")
 def vineyardd():
     """A local vineyardd (2 GiB, ``--meta local``, no RPC) in the session's runtime dir."""
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     daemon = LocalVineyardd(_RUNTIME)
     daemon.start("2Gi")
@@ -135,8 +135,8 @@ def delete_xcom(dag_run, task_id: str, key: str, map_index: int = -1) -> None:
 
 def assert_inline_rows(got: dict) -> None:
     """The XCom rows of a successful ``fa_inline`` run, as stored (``{(task, map index, key): JSON}``)."""
-    from fluid_airflow.vineyard import inline, tree
-    from fluid_airflow.vineyard.reference import is_reference
+    from fluid_airflow.vineyard.data import inline, tree
+    from fluid_airflow.vineyard.data.reference import is_reference
 
     assert got[("check", -1, "return_value")] == dict.fromkeys(
         ("frame", "arr", "x", "y", "everything", "twice"), True
@@ -208,7 +208,7 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 @pytest.fixture
 def runtime():
     """A short fresh runtime dir; afterwards its daemon is stopped and nothing may be left running."""
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     path = Path(tempfile.mkdtemp(prefix="fa-", dir="/tmp"))
     try:
@@ -307,9 +307,9 @@ def own_row(db_value, key: str | None = None) -> XComRow:
     """The XCom row that really holds ``db_value`` (a reference or tree): scope from its name."""
     import json as _json
 
-    from fluid_airflow.vineyard.naming import split_xcom_object_name
-    from fluid_airflow.vineyard.reference import is_reference
-    from fluid_airflow.vineyard.tree import tree_refs
+    from fluid_airflow.vineyard.data.naming import split_xcom_object_name
+    from fluid_airflow.vineyard.data.reference import is_reference
+    from fluid_airflow.vineyard.data.tree import tree_refs
 
     value = _json.loads(db_value) if isinstance(db_value, str) else db_value
     ref = value if is_reference(value) else tree_refs(value)[0]

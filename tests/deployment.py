@@ -53,7 +53,7 @@ class DeploymentError(AssertionError):
 
 
 def _free_port() -> int:
-    from fluid_airflow.vineyard.etcd import free_port
+    from fluid_airflow.vineyard.local.etcd import free_port
 
     return free_port()
 
@@ -81,7 +81,7 @@ class Deployment:
     """
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        from fluid_airflow.vineyard.daemon import LocalVineyardd
+        from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         self.home = Path(tempfile.mkdtemp(prefix="fa-dep-"))
         # Short: the vineyardd socket path must fit in 107 bytes.

@@ -28,9 +28,9 @@ from controlplane.kwok_config import ANNOTATION_RUN_FOR
 from k8s_plane import GROUP, NODE_CAPACITY, VERSION, make_namespace, read_fluid, wait_for
 from kubernetes import client
 
-from fluid_airflow.decorators import runner
 from fluid_airflow.decorators.fluid import SPEC_ENV
 from fluid_airflow.fluid import manifests
+from fluid_airflow.runner import task as runner
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 
 from fluid_airflow.exceptions import FluidAirflowError, UnsupportedXComValueError, VineyardOutOfMemoryError
-from fluid_airflow.vineyard import admission, codec
-from fluid_airflow.vineyard.reference import VineyardReference
-from fluid_airflow.vineyard.release import release_run
+from fluid_airflow.vineyard.data import codec
+from fluid_airflow.vineyard.data.reference import VineyardReference
+from fluid_airflow.vineyard.lifecycle import admission
+from fluid_airflow.vineyard.lifecycle.release import release_run
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 MiB = 1 << 20
@@ -26,7 +27,7 @@ RUN_NEW = "manual__2026-11-29T03:00:00+00:00"
 def store(runtime, monkeypatch):
     """A 64Mi vineyardd of its own; the backend points at it. Yields this process's client."""
     from fluid_airflow.hooks.vineyard import reset_clients
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
     from fluid_airflow.vineyard.xcom import backend_hook
 
     daemon = LocalVineyardd(runtime)

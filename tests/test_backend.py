@@ -20,8 +20,8 @@ from fluid_airflow.exceptions import (
     VineyardObjectLostError,
     VineyardReadBackError,
 )
-from fluid_airflow.vineyard.naming import split_xcom_object_name
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.data.naming import split_xcom_object_name
+from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 Result = namedtuple("Result", ["value"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import gone
 
-from fluid_airflow.vineyard.daemon import LocalVineyardd
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
 SCRIPT = Path(sys.executable).parent / "fluid-airflow"
 MiB = 1 << 20

@@ -20,9 +20,9 @@ from conftest import own_row, processes_naming, remove_and_check_nothing_runs
 
 from fluid_airflow.exceptions import VineyardObjectLostError, VineyardTimeoutError
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard import locations, migration
-from fluid_airflow.vineyard.cluster import LocalVineyardCluster
-from fluid_airflow.vineyard.release import release_run
+from fluid_airflow.vineyard.lifecycle import locations, migration
+from fluid_airflow.vineyard.lifecycle.release import release_run
+from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 DAG, RUN = "fa_cluster", "manual__cluster"
@@ -176,7 +176,7 @@ def test_etcd_stopped_is_bounded_and_named_and_a_cluster_restart_recovers(cluste
 
 def test_gc_sees_copies_and_judges_them_by_their_original(cluster, monkeypatch, airflow_db):
     """No DAG run fa_cluster exists in Airflow's DB: the original and its copy are orphans."""
-    from fluid_airflow.vineyard.gc import collect
+    from fluid_airflow.vineyard.lifecycle.gc import collect
 
     on(monkeypatch, cluster, 0)
     ref = push(np.arange(50_000.0), "produce")
@@ -244,7 +244,7 @@ def test_a_copy_released_alone_is_migrated_again_and_a_stale_one_is_read_over_rp
     b = on(monkeypatch, cluster, 1)
     before = migration.handoffs.copy()
     Backend.deserialize_value(_Row(ref))
-    from fluid_airflow.vineyard.reference import VineyardReference
+    from fluid_airflow.vineyard.data.reference import VineyardReference
 
     assert migration.release_copies(a, VineyardReference.from_json(ref)) == 1  # deleted through B
     assert Backend.deserialize_value(_Row(ref)).sum() == sum(range(200_000))

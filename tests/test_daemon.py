@@ -29,8 +29,8 @@ from fluid_airflow.exceptions import (
     SocketInUseError,
     VineyardDaemonError,
 )
-from fluid_airflow.vineyard.daemon import LocalVineyardd
-from fluid_airflow.vineyard.resources import (
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
+from fluid_airflow.vineyard.local.resources import (
     MAX_SOCKET_PATH_BYTES,
     MemoryLimit,
     cgroup_limits,
@@ -269,7 +269,7 @@ def test_timeout_kills_the_daemon(runtime):
 
 def test_find_vineyardd_does_not_import_vineyard():
     code = (
-        "import sys; from fluid_airflow.vineyard.resources import find_vineyardd; "
+        "import sys; from fluid_airflow.vineyard.local.resources import find_vineyardd; "
         "p = find_vineyardd(); assert 'vineyard' not in sys.modules, 'imported'; print(p)"
     )
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW__CORE__XCOM_BACKEND"}

@@ -13,7 +13,7 @@ import pytest
 from conftest import BIN, assert_inline_rows, task_states, xcom_rows
 
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
 
 
 def values(dag_run) -> dict[tuple[str, int, str], object]:
@@ -256,7 +256,7 @@ def test_failed_step_still_cleans_up_and_fails_the_run(run_dag, monkeypatch):
 
 
 def test_run_objects_are_released_when_the_run_ends(run_dag, vineyard_client, monkeypatch):
-    from fluid_airflow.vineyard.release import run_objects
+    from fluid_airflow.vineyard.lifecycle.release import run_objects
 
     monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")
     before = int(vineyard_client.status.memory_usage)
@@ -268,7 +268,7 @@ def test_run_objects_are_released_when_the_run_ends(run_dag, vineyard_client, mo
 
 
 def test_keep_for_holds_run_objects_for_debugging(run_dag, vineyard_client, monkeypatch):
-    from fluid_airflow.vineyard.release import release_run, run_objects
+    from fluid_airflow.vineyard.lifecycle.release import release_run, run_objects
 
     monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "3600")
     dr = run_dag("fa_mapped")
@@ -280,7 +280,7 @@ def test_keep_for_holds_run_objects_for_debugging(run_dag, vineyard_client, monk
 
 
 def test_release_operator_frees_the_run(run_dag, vineyard_client):
-    from fluid_airflow.vineyard.release import run_objects
+    from fluid_airflow.vineyard.lifecycle.release import run_objects
 
     before = int(vineyard_client.status.memory_usage)
     dr = run_dag("fa_release")
@@ -295,7 +295,7 @@ def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkey
     """The consumer fails fast with the lost-object error; re-running the producer fixes it."""
     import time
 
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     LocalVineyardd(runtime).start("64Mi")
     monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_SOCKET", str(runtime / "vineyard.sock"))
@@ -322,7 +322,7 @@ def test_vineyardd_restart_between_producer_and_consumer(dagbag, runtime, monkey
 
 def test_four_concurrent_demo_runs_collide_nowhere_and_leave_nothing(runtime):
     """Four `airflow dags test` processes of the demo DAG share one vineyardd; each releases its run."""
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     daemon = LocalVineyardd(runtime)
     daemon.start("3Gi")
@@ -349,7 +349,7 @@ def test_four_concurrent_demo_runs_collide_nowhere_and_leave_nothing(runtime):
 
 
 def test_a_failed_run_keeps_its_objects_for_a_clear(run_dag, vineyard_client, monkeypatch, tmp_path):
-    from fluid_airflow.vineyard.release import release_run, run_objects
+    from fluid_airflow.vineyard.lifecycle.release import release_run, run_objects
 
     monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "0")  # the defaults: successful runs go at once,
     monkeypatch.delenv("AIRFLOW__FLUID__KEEP_FAILED_FOR", raising=False)  # failed ones stay a day

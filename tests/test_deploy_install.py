@@ -23,8 +23,8 @@ import pytest
 from packaging.utils import canonicalize_name
 
 import fluid_airflow
-from fluid_airflow.decorators.fluid import runner_environment
 from fluid_airflow.fluid import manifests
+from fluid_airflow.runner.local_run import runner_environment
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "deploy" / "image"
@@ -135,7 +135,7 @@ def _run_task(python: Path, config: Path, folder: Path) -> subprocess.CompletedP
     (folder / "spec.json").write_text(json.dumps(spec))
     env = runner_environment({**os.environ, "VINEYARD_CONFIG": str(config), "NODE_NAME": "cache-node-1"})
     env.pop("VINEYARD_IPC_SOCKET", None)
-    argv = [str(python), "-m", "fluid_airflow.decorators.runner", "--spec", str(folder / "spec.json")]
+    argv = [str(python), "-m", "fluid_airflow.runner.task", "--spec", str(folder / "spec.json")]
     argv += ["--output", str(folder / "return.json")]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 
@@ -143,8 +143,8 @@ def _run_task(python: Path, config: Path, folder: Path) -> subprocess.CompletedP
 def test_the_installed_runner_runs_a_task_against_vineyardd(
     image_python, vineyardd, vineyard_client, tmp_path
 ):
-    from fluid_airflow.vineyard.reference import is_reference
-    from fluid_airflow.vineyard.release import release_run
+    from fluid_airflow.vineyard.data.reference import is_reference
+    from fluid_airflow.vineyard.lifecycle.release import release_run
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
 
     config = _mount(tmp_path / "pvc", vineyardd.socket_path)

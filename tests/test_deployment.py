@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fluid_airflow.vineyard.reference import is_reference
+from fluid_airflow.vineyard.data.reference import is_reference
 
 pytestmark = pytest.mark.deployment
 
@@ -33,8 +33,8 @@ def test_retried_task_succeeds_on_its_second_try(deployment):
 
 
 def test_demo_dag_succeeds_and_is_released_at_run_end(deployment):
-    from fluid_airflow.vineyard.reference import VineyardReference
-    from fluid_airflow.vineyard.release import run_objects
+    from fluid_airflow.vineyard.data.reference import VineyardReference
+    from fluid_airflow.vineyard.lifecycle.release import run_objects
 
     dag_id = "flights_delay_regression"
     run_id = deployment.trigger(dag_id)

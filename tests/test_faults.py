@@ -21,8 +21,8 @@ from conftest import BIN, own_row, task_states
 
 from fluid_airflow.exceptions import VineyardConnectionError, VineyardObjectLostError, VineyardTimeoutError
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
-from fluid_airflow.vineyard.daemon import LocalVineyardd
-from fluid_airflow.vineyard.etcd import LocalEtcd
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
+from fluid_airflow.vineyard.local.etcd import LocalEtcd
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 TIMEOUT = 2.0
@@ -217,7 +217,7 @@ def test_etcd_unreachable_is_a_bounded_named_error_and_nothing_stays_behind(runt
         assert client.status.memory_usage == 8000  # the earlier array's payload
         assert Backend.deserialize_value(_Row(before)).sum() == sum(range(1000))  # local reads still work
         # Deleting a persisted object needs etcd: a named error at once, not a hang.
-        from fluid_airflow.vineyard.reference import VineyardReference
+        from fluid_airflow.vineyard.data.reference import VineyardReference
         from fluid_airflow.vineyard.xcom import release
 
         started = time.monotonic()

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fluid_airflow.decorators import local_run
-from fluid_airflow.vineyard.reference import is_reference
+from fluid_airflow.runner import local_run
+from fluid_airflow.vineyard.data.reference import is_reference
 
 RUNNERS = [local_run.run_forked, local_run.run_subprocess]
 
@@ -133,7 +133,7 @@ def warm_runner(vineyardd):
     import shutil
     import tempfile
 
-    from fluid_airflow.decorators import warm
+    from fluid_airflow.runner import warm
 
     folder = Path(tempfile.mkdtemp(prefix="fw-", dir="/tmp"))
     pid = warm.start(folder, str(vineyardd.socket_path))
@@ -147,7 +147,7 @@ def warm_runner(vineyardd):
 
 
 def _warm(folder: Path):
-    from fluid_airflow.decorators import warm
+    from fluid_airflow.runner import warm
 
     def start(spec, env, output, log_line, on_start=lambda pid: None):
         code = warm.run_warm(folder, spec, env, output, log_line, on_start)
@@ -172,7 +172,7 @@ def test_warm_runner_kills_the_child_of_a_task_that_went_away(warm_runner, viney
     """The task process dies (SIGKILL by the supervisor): its child in the runner dies too."""
     import multiprocessing
 
-    from fluid_airflow.decorators import warm
+    from fluid_airflow.runner import warm
 
     started = multiprocessing.get_context("fork").Queue()
 
@@ -198,6 +198,6 @@ def test_warm_runner_kills_the_child_of_a_task_that_went_away(warm_runner, viney
 
 
 def test_no_warm_runner_means_none(tmp_path):
-    from fluid_airflow.decorators import warm
+    from fluid_airflow.runner import warm
 
     assert warm.run_warm(tmp_path, _spec(1, 0), {}, tmp_path / "r.json", print) is None

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import pods
-from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.data.reference import VineyardReference
 
 CONN = "fluid_pods_test"
 MB = 1_000_000

@@ -46,11 +46,11 @@ from k8s_double import connect_airflow, kube_double, kube_double_config  # noqa:
 from k8s_double_fluid import worker_ip
 from kubelet_double import KubeletDouble
 
-from fluid_airflow.decorators import runner
 from fluid_airflow.hooks.vineyard import VineyardHook
+from fluid_airflow.runner import task as runner
 from fluid_airflow.vineyard import xcom as vineyard_xcom
-from fluid_airflow.vineyard.daemon import LocalVineyardd
-from fluid_airflow.vineyard.reference import is_reference
+from fluid_airflow.vineyard.data.reference import is_reference
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
 DATASET, CONN, KUBE_CONN = "pods-e2e", "fluid_pods_e2e", "kube_pods_e2e"  # as in tests/dags/fa_fluid_pods.py
 SPEC_ENV = "__FLUID_TASK_SPEC"
@@ -142,7 +142,7 @@ def test_fluid_task_pods_pass_references_only(cluster, run_dag):
 
     inputs = deserialize(spec["inputs"])
     assert inputs["args"][:2] == [produced, frame] and inputs["kwargs"] == {}
-    assert base["command"][:3] == ["python", "-m", "fluid_airflow.decorators.runner"]
+    assert base["command"][:3] == ["python", "-m", "fluid_airflow.runner.task"]
     # The Dataset's PVC, its mount and the Vineyard config file under it.
     volumes = {v["name"]: v for v in consumer["spec"]["volumes"]}
     assert volumes["fluid-dataset-pods-e2e"] == {

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fluid_airflow.decorators import runner
+from fluid_airflow.runner import task as runner
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_runner_environment_lets_the_runner_import_airflow_under_the_supervisor(
     import subprocess
     import sys
 
-    from fluid_airflow.decorators.fluid import runner_environment
+    from fluid_airflow.runner.local_run import runner_environment
 
     supervised = {
         **os.environ,
@@ -95,7 +95,7 @@ def test_runner_environment_lets_the_runner_import_airflow_under_the_supervisor(
 @pytest.fixture
 def rpc_vineyardd(runtime, free_tcp_port):
     """A vineyardd serving RPC on a free port (vineyardd binds it on every interface: test data only)."""
-    from fluid_airflow.vineyard.daemon import LocalVineyardd
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
     daemon = LocalVineyardd(runtime)
     daemon.start("64Mi", rpc_port=free_tcp_port, allow_public_rpc=True)

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from fluid_airflow.exceptions import VineyardReadBackError
-from fluid_airflow.vineyard import admission, codec, frames
+from fluid_airflow.vineyard.data import codec, frames
+from fluid_airflow.vineyard.lifecycle import admission
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 Result = namedtuple("Result", ["value"])
@@ -191,7 +192,7 @@ def test_small_frames_inline_or_in_vineyard_keep_every_string_dtype(vineyardd, m
     # At the provider's default floor a small frame stays inline only when Airflow's serde
     # (parquet) gives it back exactly; which flavours do differs between pandas 2 and 3.
     from fluid_airflow import config
-    from fluid_airflow.vineyard import inline
+    from fluid_airflow.vineyard.data import inline
 
     monkeypatch.setenv(
         "AIRFLOW__FLUID__INLINE_PAYLOAD_FLOOR", config.OPTIONS["inline_payload_floor"]["default"]
@@ -206,7 +207,7 @@ def test_small_frames_inline_or_in_vineyard_keep_every_string_dtype(vineyardd, m
 
 def test_pandas_default_string_frame_stays_inline(vineyardd, monkeypatch):
     from fluid_airflow import config
-    from fluid_airflow.vineyard import inline
+    from fluid_airflow.vineyard.data import inline
 
     monkeypatch.setenv(
         "AIRFLOW__FLUID__INLINE_PAYLOAD_FLOOR", config.OPTIONS["inline_payload_floor"]["default"]

@@ -19,10 +19,10 @@ from types import SimpleNamespace
 import pytest
 from conftest import delete_xcom, xcom_rows
 
-from fluid_airflow.vineyard import gc
-from fluid_airflow.vineyard.naming import split_xcom_object_name, xcom_object_name
-from fluid_airflow.vineyard.reference import is_reference
-from fluid_airflow.vineyard.tree import is_tree, tree_refs
+from fluid_airflow.vineyard.data.naming import split_xcom_object_name, xcom_object_name
+from fluid_airflow.vineyard.data.reference import is_reference
+from fluid_airflow.vineyard.data.tree import is_tree, tree_refs
+from fluid_airflow.vineyard.lifecycle import gc
 
 SCRIPT = Path(sys.executable).parent / "fluid-airflow"
 ODD_TASK = "odd.task-1"  # ids as tests/dags/fa_gc.py pushes them
@@ -391,7 +391,7 @@ def test_delete_named_keeps_a_name_repointed_to_a_new_object(vineyard_client, pr
     """Release and gc list names, then delete: a retried task may repoint a name in between."""
     import numpy as np
 
-    from fluid_airflow.vineyard.release import delete_named
+    from fluid_airflow.vineyard.lifecycle.release import delete_named
 
     name = xcom_object_name(prefix=prefix, dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")
     old = vineyard_client.put(np.zeros(1000))
@@ -409,7 +409,7 @@ def test_delete_named_keeps_a_name_repointed_to_a_new_object(vineyard_client, pr
 def test_release_run_releases_nothing_when_the_run_ran_again_since(vineyard_client, prefix):
     import numpy as np
 
-    from fluid_airflow.vineyard.release import release_run, run_objects
+    from fluid_airflow.vineyard.lifecycle.release import release_run, run_objects
 
     name = xcom_object_name(prefix=prefix, dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")
     object_id = vineyard_client.put(np.zeros(1000))

@@ -94,7 +94,7 @@ def test_missing_vineyard_connection_names_the_option(monkeypatch):
 
 def test_config_values_are_checked_with_their_units(monkeypatch, airflow_db):
     from fluid_airflow import config
-    from fluid_airflow.vineyard.naming import xcom_object_name
+    from fluid_airflow.vineyard.data.naming import xcom_object_name
 
     monkeypatch.setenv("AIRFLOW__FLUID__KEEP_FOR", "forever")
     with pytest.raises(ValueError, match="whole number of seconds"):

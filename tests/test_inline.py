@@ -17,8 +17,8 @@ from xcom_values import VALUES, assert_same
 
 from fluid_airflow import config
 from fluid_airflow.exceptions import UnsupportedXComValueError
-from fluid_airflow.vineyard import inline, tree
-from fluid_airflow.vineyard.reference import is_reference
+from fluid_airflow.vineyard.data import inline, tree
+from fluid_airflow.vineyard.data.reference import is_reference
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 from fluid_airflow.vineyard.xcom import references_only
 
@@ -158,7 +158,7 @@ def test_inline_inputs_of_a_pod_have_no_location(vineyard_client):
     # FluidPodOperator(input_refs=...) may receive an upstream's inline row: nothing to place,
     # unlike a reference, and no error either.
     from fluid_airflow.fluid import pods
-    from fluid_airflow.vineyard import locations
+    from fluid_airflow.vineyard.lifecycle import locations
 
     small, big = push(np.arange(4.0), key="small_in"), push(np.ones(5000), key="big_in")
     assert pods.host_bytes([small]) == {} and pods.host_bytes([small, big]) == {big["host"]: big["bytes"]}

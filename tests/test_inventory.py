@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from conftest import delete_xcom
 
-from fluid_airflow.vineyard import inventory
+from fluid_airflow.vineyard.lifecycle import inventory
 
 
 def states(holdings, run_id: str) -> dict[tuple[str, int, str], str]:

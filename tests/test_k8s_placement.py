@@ -31,7 +31,7 @@ from fluid_airflow.operators.cleanup import FluidCleanupOperator
 from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
 from fluid_airflow.operators.pod import FluidPodOperator
 from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
-from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.data.reference import VineyardReference
 
 CONN, NS, NAME = "fluid_k8s_place", "k8s-place", "place"
 POOL = {"fluid-airflow.test/pool": "place"}

@@ -3,7 +3,7 @@
 A Dataset is bound by Fluid's own controllers; the task pod is created by KubernetesPodOperator, placed by the
 real kube-scheduler on a kwok node (it mounts the Dataset's PVC) and completed by our kwok stages
 (``tests/controlplane/kwok_config.py``). kwok runs no container, so the test plays the pod's ``base``
-container: it runs the runner (:mod:`fluid_airflow.decorators.runner`) with the spec the pod carries, against
+container: it runs the runner (:mod:`fluid_airflow.runner.task`) with the spec the pod carries, against
 the session's real vineyardd, and writes its output where KPO's sidecar exec reads it. That exec really goes
 through the API server to kwok, which runs it on this host (docs/controlplane.md), so the sidecar's folder is
 pointed at a host folder: ``PodDefaults.XCOM_MOUNT_PATH``, which cncf-kubernetes 10.25
@@ -34,11 +34,11 @@ from controlplane.fixtures import control_plane  # noqa: F401 - the session fixt
 from controlplane.kwok_config import ANNOTATION_RUN_FOR
 from k8s_plane import NODE_CAPACITY, connected, make_namespace, wait_for
 
-from fluid_airflow.decorators import runner
 from fluid_airflow.decorators.fluid import SPEC_ENV
 from fluid_airflow.operators.cleanup import FluidCleanupOperator
 from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
 from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
+from fluid_airflow.runner import task as runner
 
 CONN, NS, NAME = "fluid_k8s_task", "k8s-task", "task-data"
 EXPECTED = {"total": 6, "pair": (1, 2), "label": "done"}  # a tuple: serde-encoded by the runner

@@ -20,9 +20,9 @@ import pytest
 from conftest import BIN, REPO, XComRow, held_in
 
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
-from fluid_airflow.vineyard import inventory
-from fluid_airflow.vineyard.daemon import LocalVineyardd
-from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.data.reference import VineyardReference
+from fluid_airflow.vineyard.lifecycle import inventory
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 MiB = 2**20
@@ -173,7 +173,7 @@ def test_gc_never_touches_a_put_in_flight(store):
 DIES_INSIDE_CREATE_BLOB = """
 import os, signal, sys
 import numpy as np
-from fluid_airflow.vineyard import inflight  # first: it lets vineyard import (pkg_resources)
+from fluid_airflow.vineyard.lifecycle import inflight  # first: it lets vineyard import (pkg_resources)
 import vineyard
 client = vineyard.connect(sys.argv[1])
 real = client.create_blob

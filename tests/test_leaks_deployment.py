@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from conftest import held_in
 
-from fluid_airflow.vineyard.release import run_objects
+from fluid_airflow.vineyard.lifecycle.release import run_objects
 
 pytestmark = pytest.mark.deployment
 

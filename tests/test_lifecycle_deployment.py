@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from fluid_airflow.vineyard.release import run_objects
+from fluid_airflow.vineyard.lifecycle.release import run_objects
 
 pytestmark = pytest.mark.deployment
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from fluid_airflow.exceptions import UnsupportedXComValueError
-from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.data.reference import VineyardReference
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
 Result = namedtuple("Result", ["value"])

@@ -15,7 +15,7 @@ import pytest
 from conftest import BIN
 
 from fluid_airflow.exceptions import VineyardDaemonError
-from fluid_airflow.vineyard.daemon import LocalVineyardd
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
 NOBODY = 65534
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from fluid_airflow.vineyard.release import run_objects
+from fluid_airflow.vineyard.lifecycle.release import run_objects
 
 pytestmark = pytest.mark.deployment
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 from fluid_airflow.hooks.vineyard import VineyardHook
-from fluid_airflow.vineyard.release import run_objects
+from fluid_airflow.vineyard.lifecycle.release import run_objects
 
 DAG = "flights_delay_regression"
 ARTIFACTS = REPO / "test-artifacts"

@@ -20,4 +20,4 @@ python=${PYTHON:-python3}
 "$python" -m pip check
 
 # Fail the build, not the first task, when the client cannot load (no wheel for this platform/interpreter).
-"$python" -c "import importlib.metadata as m, vineyard, fluid_airflow.decorators.runner; print('vineyard', m.version('vineyard'))"
+"$python" -c "import importlib.metadata as m, vineyard, fluid_airflow.runner.task; print('vineyard', m.version('vineyard'))"

@@ -6,12 +6,12 @@ Dataset and prefers the nodes holding the inputs. Unlike it:
 
 - arguments that are Vineyard references stay references on the Airflow worker (the backend is
   told not to load them while Airflow renders the arguments) and are resolved inside the pod by
-  :mod:`fluid_airflow.decorators.runner`; the return value is stored there and only its
+  :mod:`fluid_airflow.runner.task`; the return value is stored there and only its
   reference comes back through the XCom sidecar. The worker never holds a payload;
 - arguments travel as JSON (Airflow serde), not pickle;
 - on the local backend (a ``fluid`` connection with ``backend: local``) the same runner runs in
   a fork of the task process against the Dataset's local vineyardd
-  (:mod:`fluid_airflow.decorators.local_run`), so a DAG runs unchanged on a laptop.
+  (:mod:`fluid_airflow.runner.local_run`), so a DAG runs unchanged on a laptop.
 
 The pod image must have ``fluid-airflow`` installed (it brings vineyard, numpy, pandas, pyarrow).
 """
@@ -59,8 +59,8 @@ XCOM_RETURN = "/airflow/xcom/return.json"
 
 def _references(value: Any) -> list[dict[str, Any]]:
     """Every Vineyard reference in ``value`` (nested in lists, tuples, dicts, trees)."""
-    from fluid_airflow.vineyard import tree
-    from fluid_airflow.vineyard.reference import is_reference
+    from fluid_airflow.vineyard.data import tree
+    from fluid_airflow.vineyard.data.reference import is_reference
 
     if is_reference(value) or tree.is_tree(value):
         return tree.references_in(value)
@@ -144,7 +144,7 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
         # env_vars may still be the user's (rendered) dict: KPO converts it only when building the pod.
         current = convert_env_vars_or_raise_error(self.env_vars) if self.env_vars else []
         self.env_vars = [*current, k8s.V1EnvVar(name=SPEC_ENV, value=encoded)]
-        self.cmds = ["python", "-m", "fluid_airflow.decorators.runner", "--spec-env", SPEC_ENV]
+        self.cmds = ["python", "-m", "fluid_airflow.runner.task", "--spec-env", SPEC_ENV]
         # Without do_xcom_push KPO adds no XCom sidecar (so no /airflow/xcom volume): the runner then
         # gets no --output and stores nothing (cncf-kubernetes 10.25 operators/pod.py build_pod_request_obj).
         self.arguments = ["--output", XCOM_RETURN] if self.do_xcom_push else []
@@ -182,10 +182,11 @@ class _FluidDecoratedOperator(DecoratedOperator, FluidPodOperator):
         self._check_local_options()
         namespace = self.dataset_namespace or hook.namespace(None)
         socket_path = hook.client.ipc_socket(namespace, self.dataset_name)
-        env = runner_environment(
+        from fluid_airflow.runner import local_run, warm
+
+        env = local_run.runner_environment(
             {**os.environ, **_plain_env(self.env_vars), "VINEYARD_IPC_SOCKET": socket_path}
         )
-        from fluid_airflow.decorators import local_run, warm
 
         start = local_run.run_forked if local_run.fork_supported() else local_run.run_subprocess
         folder = hook.client.folder(namespace, self.dataset_name)
@@ -233,7 +234,7 @@ def _from_runner(value: Any, multiple_outputs: bool) -> Any:
 
     from airflow.sdk.bases.xcom import BaseXCom
 
-    from fluid_airflow.vineyard import tree
+    from fluid_airflow.vineyard.data import tree
 
     def one(v: Any) -> Any:
         if tree.is_backend_row(v):
@@ -264,26 +265,6 @@ class _FluidTaskDecorator(_TaskDecorator):
         output = cast("PlainXComArg", super()._expand(expand_input, strict=strict))
         output.operator.__class__ = _FluidMappedOperator  # same attrs layout: adds one method only
         return output
-
-
-def runner_environment(env: dict[str, str]) -> dict[str, str]:
-    """The environment of the local runner subprocess, made from the task process's ``env``.
-
-    Under a scheduler the task runs under the Task SDK supervisor, which blocks DB access by
-    setting ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///`` in the task's
-    environment (task-sdk 1.3.2 ``execution_time/supervisor.py``, ``block_orm_access``); a fresh
-    interpreter importing ``airflow`` would then fail in ``settings.initialize()`` ->
-    ``configure_orm()`` ("Could not parse SQLAlchemy URL"). The runner needs no DB, so it is
-    started the way the standard provider starts its virtualenv scripts:
-    ``PYTHON_OPERATORS_VIRTUAL_ENV_MODE=1`` makes ``settings.initialize()`` skip the ORM
-    (airflow-core 3.3.2 ``airflow/settings.py``; providers-standard 1.21.0
-    ``utils/python_virtualenv_script.jinja2``). ``_AIRFLOW_PROCESS_CONTEXT=server`` (inherited
-    from the scheduler) is dropped so secrets are looked up without the metadata DB
-    (``ensure_secrets_backend_loaded`` in the same supervisor module). ``PYTHONUNBUFFERED=1``
-    makes the function's prints reach the task log as they happen.
-    """
-    cleaned = {k: v for k, v in env.items() if k != "_AIRFLOW_PROCESS_CONTEXT"}
-    return {**cleaned, "PYTHON_OPERATORS_VIRTUAL_ENV_MODE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _plain_env(env_vars: Any) -> dict[str, str]:

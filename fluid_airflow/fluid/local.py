@@ -48,8 +48,8 @@ class LocalFluidClient:
         return self.root / f"ds-{digest}"
 
     def daemon(self, namespace: str, name: str) -> Any:
-        """The :class:`~fluid_airflow.vineyard.daemon.LocalVineyardd` standing in for the runtime."""
-        from fluid_airflow.vineyard.daemon import LocalVineyardd
+        """The :class:`~fluid_airflow.vineyard.local.daemon.LocalVineyardd` standing in for the runtime."""
+        from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         return LocalVineyardd(self.folder(namespace, name))
 
@@ -161,7 +161,7 @@ class LocalFluidClient:
                 "(fluid connection local_max_cache).", meta["namespace"], meta["name"], quota, size,
             )  # fmt: skip
         self.daemon(meta["namespace"], meta["name"]).start(str(size))
-        from fluid_airflow.decorators import warm
+        from fluid_airflow.runner import warm
 
         # The Dataset's warm runner for @task.fluid (stopped by delete, before vineyardd).
         folder = self.folder(meta["namespace"], meta["name"])
@@ -182,8 +182,8 @@ class LocalFluidClient:
         if not path.exists():
             return False
         if plural == RUNTIME_PLURAL:
-            from fluid_airflow.decorators import warm
             from fluid_airflow.hooks.vineyard import close_clients
+            from fluid_airflow.runner import warm
 
             warm.stop(self.folder(namespace, name))  # its task children hold vineyardd clients
             close_clients(self.ipc_socket(namespace, name))  # else vineyardd ignores SIGTERM

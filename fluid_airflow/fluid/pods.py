@@ -24,8 +24,8 @@ from kubernetes.client import models as k8s
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests
-from fluid_airflow.vineyard import inline, tree
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.data import inline, tree
+from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
 
 AFFINITY_MODES = ("required", "preferred", "none")
 DATA_AFFINITY_WEIGHT = 100  # as Fluid's webhook plugin NodeAffinityWithCache (docs/design.md §19)
@@ -267,8 +267,8 @@ def host_bytes(refs: Any) -> dict[str, int]:
     """Bytes of the referenced objects per ``host``, largest first; references without host are left out.
 
     :param refs: a reference (dict from the Vineyard XCom backend, or
-        :class:`~fluid_airflow.vineyard.reference.VineyardReference`), a reference tree, or a
-        list/tuple of them; inline values (:mod:`fluid_airflow.vineyard.inline`) count for nothing.
+        :class:`~fluid_airflow.vineyard.data.reference.VineyardReference`), a reference tree, or a
+        list/tuple of them; inline values (:mod:`fluid_airflow.vineyard.data.inline`) count for nothing.
     :raises FluidSpecError: an element is not a reference, or its ``bytes`` is not an int >= 0.
     """
     totals: dict[str, int] = {}
@@ -292,7 +292,7 @@ def node_bytes(refs: Any, nodes: Mapping[str, str], located: dict[str, int] | No
     :meth:`fluid_airflow.hooks.fluid.FluidHook.worker_nodes`); hosts it does not name are left out.
 
     :param located: bytes per host read from Vineyard's metadata
-        (:func:`fluid_airflow.vineyard.locations.host_bytes`, which also counts migrated copies);
+        (:func:`fluid_airflow.vineyard.lifecycle.locations.host_bytes`, which also counts migrated copies);
         default: the hosts the references recorded when they were stored.
     :raises FluidSpecError: as :func:`host_bytes`.
     """

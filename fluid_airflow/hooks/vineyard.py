@@ -20,7 +20,7 @@ from airflow.sdk import BaseHook
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard import calls
+from fluid_airflow.vineyard.client import calls
 
 # Clients by (pid, endpoint). A forked child must not use its parent's client (the socket and
 # the client's state belong to the parent), so entries of another pid are ignored and replaced.
@@ -39,7 +39,7 @@ class VineyardHook(BaseHook):
     :param ipc_socket: path of vineyardd's IPC socket (overrides the connection).
     :param rpc_endpoint: ``host:port`` of vineyardd's RPC service (overrides the connection).
     :param timeout: seconds one call may wait for vineyardd's answer (connect handshake included);
-        default ``[fluid] vineyard_timeout``. See :mod:`fluid_airflow.vineyard.calls` for why the
+        default ``[fluid] vineyard_timeout``. See :mod:`fluid_airflow.vineyard.client.calls` for why the
         handshake is probed first.
     """
 

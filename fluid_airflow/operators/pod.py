@@ -214,7 +214,7 @@ class FluidPodOperator(KubernetesPodOperator):
         """Bytes per host from Vineyard's metadata when this worker reaches the backend's
         vineyardd (it then also sees migrated copies); None (use the recorded hosts) otherwise."""
         from fluid_airflow.exceptions import VineyardConnectionError
-        from fluid_airflow.vineyard import locations
+        from fluid_airflow.vineyard.lifecycle import locations
         from fluid_airflow.vineyard.xcom import backend_hook
 
         try:

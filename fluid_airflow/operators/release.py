@@ -41,7 +41,7 @@ class FluidReleaseRunOperator(BaseOperator):
         self.run_id = run_id
 
     def execute(self, context: Any) -> dict[str, int]:
-        from fluid_airflow.vineyard.release import release_run
+        from fluid_airflow.vineyard.lifecycle.release import release_run
         from fluid_airflow.vineyard.xcom import backend_hook
 
         dag_id = self.dag_id_to_release or context["dag"].dag_id

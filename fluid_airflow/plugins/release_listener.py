@@ -40,7 +40,7 @@ def _release(dag_run: Any, state: str) -> None:
         expiry.spawn(["release", *run, "--timeout", str(timeout), *cleared])
         return
     try:
-        from fluid_airflow.vineyard.release import release_run
+        from fluid_airflow.vineyard.lifecycle.release import release_run
         from fluid_airflow.vineyard.xcom import backend_hook
 
         report = release_run(backend_hook(timeout).get_conn(), dag_run.dag_id, dag_run.run_id)

@@ -119,7 +119,7 @@ def build_app() -> FastAPI:
 
 def _handoffs(user: Any, dag_id: str | None, run_id: str | None) -> dict[str, Any]:
     """Instances, the readable runs' objects (optionally one DAG / run) and Fluid's resources."""
-    from fluid_airflow.vineyard import inventory
+    from fluid_airflow.vineyard.lifecycle import inventory
 
     readable = _readable_dags(user)
     dags = readable & {dag_id} if dag_id else readable
@@ -133,7 +133,7 @@ def _handoffs(user: Any, dag_id: str | None, run_id: str | None) -> dict[str, An
 
 
 def _release_run(body: RunRelease, user: Any) -> dict[str, int]:
-    from fluid_airflow.vineyard.release import release_run as release
+    from fluid_airflow.vineyard.lifecycle.release import release_run as release
 
     _require_edit(user, body.dag_id)
     report = release(_client(), body.dag_id, body.run_id)
@@ -147,9 +147,9 @@ def _release_object(body: ObjectRelease, user: Any) -> dict[str, int]:
     """Delete one named object (with its migrated copies, unless it is a copy) and drop the names."""
     import vineyard
 
-    from fluid_airflow.vineyard.calls import LIST_LIMIT
-    from fluid_airflow.vineyard.migration import delete_on_holder, held_bytes
-    from fluid_airflow.vineyard.naming import split_copy_name, split_xcom_object_name
+    from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+    from fluid_airflow.vineyard.data.naming import split_copy_name, split_xcom_object_name
+    from fluid_airflow.vineyard.lifecycle.migration import delete_on_holder, held_bytes
 
     copy = split_copy_name(body.name)
     try:

@@ -43,8 +43,10 @@ from fluid_airflow import exceptions as errors
 # The module, not the name: Airflow resolves this backend from its config while the hook module
 # may still be initialising (it imports airflow.sdk), and a name import would then fail.
 from fluid_airflow.hooks import vineyard as vineyard_hooks
-from fluid_airflow.vineyard import codec, inline, migration, naming, objects, outputs, tree
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard import store as objects
+from fluid_airflow.vineyard.data import codec, inline, naming, outputs, tree
+from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.lifecycle import migration
 
 if TYPE_CHECKING:
     from fluid_airflow.hooks.vineyard import VineyardHook

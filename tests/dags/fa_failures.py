@@ -17,7 +17,7 @@ def fa_lost_object():
     def sabotage(**context) -> None:
         # Delete the producer's object behind Airflow's back, as a vineyardd restart would.
         from fluid_airflow import config
-        from fluid_airflow.vineyard.naming import xcom_object_name
+        from fluid_airflow.vineyard.data.naming import xcom_object_name
         from fluid_airflow.vineyard.xcom import backend_hook
 
         client = backend_hook().get_conn()

@@ -20,7 +20,7 @@ def fa_hang():
         import signal
         from pathlib import Path
 
-        from fluid_airflow.vineyard.daemon import LocalVineyardd
+        from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         marker = Path(runtime_dir) / "frozen"
         if not marker.exists():

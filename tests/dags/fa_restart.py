@@ -18,7 +18,7 @@ def fa_restart():
         # Only on the first run: a marker file tells the re-run to leave vineyardd alone.
         from pathlib import Path
 
-        from fluid_airflow.vineyard.daemon import LocalVineyardd
+        from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         marker = Path(runtime_dir) / "restarted"
         if not marker.exists():

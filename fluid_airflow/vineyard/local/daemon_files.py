@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fluid_airflow.vineyard import private_dir
+from fluid_airflow.vineyard.local import private_dir
 
 
 class DaemonFiles:

@@ -36,9 +36,9 @@ from typing import Any
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard.arrowtypes import arrow_storage, restore_arrow, widen
-from fluid_airflow.vineyard.encoded import Encoded
-from fluid_airflow.vineyard.reference import VineyardReference, summarize_columns
+from fluid_airflow.vineyard.data.arrowtypes import arrow_storage, restore_arrow, widen
+from fluid_airflow.vineyard.data.encoded import Encoded
+from fluid_airflow.vineyard.data.reference import VineyardReference, summarize_columns
 
 HEAD_ROWS = 16  # rows the read-back check converts to pandas (types, labels, index)
 _ARRAY_ATTRS = ("_ndarray", "_data", "_mask", "_codes")  # numpy data inside pandas arrays
@@ -321,7 +321,7 @@ def check(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> 
     read), then converts the first :data:`HEAD_ROWS` rows to pandas and compares them with the
     producer's (dtypes, labels, index type and names, values).
     """
-    from fluid_airflow.vineyard import codec
+    from fluid_airflow.vineyard.data.difference import value_difference
 
     payload = encoded.payload
     if stored.num_rows != payload.num_rows or stored.schema.names != payload.schema.names:
@@ -336,4 +336,4 @@ def check(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> 
     want = value.iloc[:rows]
     if want.index.__class__.__name__ == "RangeIndex":
         want = want.set_axis(head.index)  # Arrow rebuilds a RangeIndex only at full length
-    return codec.value_difference(want, head)
+    return value_difference(want, head)

@@ -29,9 +29,9 @@ from typing import Any, cast
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard.arrowtypes import arrow_storage, restore_arrow, widen
-from fluid_airflow.vineyard.encoded import Encoded
-from fluid_airflow.vineyard.reference import VineyardReference, summarize_columns
+from fluid_airflow.vineyard.data.arrowtypes import arrow_storage, restore_arrow, widen
+from fluid_airflow.vineyard.data.encoded import Encoded
+from fluid_airflow.vineyard.data.reference import VineyardReference, summarize_columns
 
 MODULES = ("polars", "torch")
 HEAD_ROWS = 16

@@ -26,12 +26,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.metadb import FINISHED_RUN_STATES, recent_runs_with_xcom_values
-from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.migration import held_bytes
-from fluid_airflow.vineyard.naming import names_pattern, split_copy_name, split_xcom_object_name
-from fluid_airflow.vineyard.reference import VineyardReference
-from fluid_airflow.vineyard.tree import referenced_ids, references_in
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.data.naming import names_pattern, split_copy_name, split_xcom_object_name
+from fluid_airflow.vineyard.data.reference import VineyardReference
+from fluid_airflow.vineyard.data.tree import referenced_ids, references_in
+from fluid_airflow.vineyard.lifecycle.metadb import FINISHED_RUN_STATES, recent_runs_with_xcom_values
+from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 
 RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more
 
@@ -259,8 +259,8 @@ def _unnamed(client: Any, used: int) -> dict[str, int]:
     ``used`` minus the bytes of every blob a name reaches: this counts unsealed blobs too, which
     no listing shows (a killed producer's, or a put writing right now).
     """
-    from fluid_airflow.vineyard.journal import journal_dir, journals
-    from fluid_airflow.vineyard.reclaim import reachable_bytes
+    from fluid_airflow.vineyard.lifecycle.journal import journal_dir, journals
+    from fluid_airflow.vineyard.lifecycle.reclaim import reachable_bytes
 
     now = time.time()
     folder = journal_dir(client)

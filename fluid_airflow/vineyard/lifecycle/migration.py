@@ -7,7 +7,7 @@ payload over RPC from the holder and store it locally under a new id (``Vineyard
 v6d ``src/server/server/vineyard_server.cc`` @ v0.24.2); nothing upstream tracks that copy
 (docs/design.md §10; v6d's own Airflow-2 backend, ``python/vineyard/contrib/airflow/xcom/backend.py``,
 leaves it behind). Here each copy is
-persisted and named (:func:`~fluid_airflow.vineyard.naming.copy_object_name`), so the next reader
+persisted and named (:func:`~fluid_airflow.vineyard.data.naming.copy_object_name`), so the next reader
 on that instance reuses it zero-copy, and releasing the run, purging the XCom or ``gc`` frees it
 with its original.
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from airflow.sdk.observability.stats import Stats  # at import: not inside a measured read
 
-from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.naming import copies_pattern, copy_object_name
-from fluid_airflow.vineyard.reference import VineyardReference
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.data.naming import copies_pattern, copy_object_name
+from fluid_airflow.vineyard.data.reference import VineyardReference
 
 log = logging.getLogger(__name__)
 

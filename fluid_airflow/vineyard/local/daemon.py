@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from fluid_airflow.exceptions import SocketInUseError, VineyardConnectionError, VineyardDaemonError
-from fluid_airflow.vineyard import daemon_process, private_dir
-from fluid_airflow.vineyard.daemon_files import DaemonFiles
-from fluid_airflow.vineyard.resources import (
+from fluid_airflow.vineyard.local import daemon_process, private_dir
+from fluid_airflow.vineyard.local.daemon_files import DaemonFiles
+from fluid_airflow.vineyard.local.resources import (
     check_memory,
     find_vineyardd,
     memory_limits,
@@ -127,7 +127,7 @@ class LocalVineyardd:
         --norpc`` (unless told otherwise) in its own session (it outlives the caller) with
         ``GLOG_logtostderr=1`` so its log goes to ``log_file`` instead of glog files in /tmp.
 
-        :param size: shared memory, see :func:`~fluid_airflow.vineyard.resources.parse_size`; default
+        :param size: shared memory, see :func:`~fluid_airflow.vineyard.local.resources.parse_size`; default
             ``[fluid] local_vineyard_size``. Passed to vineyardd as a byte count.
         :param rpc_port: also serve RPC on this TCP port. vineyardd then listens on **all interfaces,
             unauthenticated**; refused unless ``allow_public_rpc`` is True.

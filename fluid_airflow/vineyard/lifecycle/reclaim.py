@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fluid_airflow.vineyard import blob_ids, journal
-from fluid_airflow.vineyard.calls import LIST_LIMIT
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.lifecycle import blob_ids, journal
 
 log = logging.getLogger(__name__)
 

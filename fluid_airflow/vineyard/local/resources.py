@@ -36,6 +36,7 @@ from fluid_airflow.exceptions import (
     VineyardConnectionError,
     VineyardDaemonError,
 )
+from fluid_airflow.units import format_bytes
 
 KiB = 1 << 10
 GiB = 1 << 30
@@ -87,16 +88,6 @@ def parse_size(text: str) -> int:
             "(vineyardd cannot map less than a page); ask for e.g. 512Mi"
         )
     return size
-
-
-def format_bytes(n: int) -> str:
-    """``n`` bytes as a short binary quantity for messages, e.g. ``1.50 GiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -312,7 +303,7 @@ def query_instance(path: str | os.PathLike[str], timeout: float = 5.0) -> dict[s
     """
     if not socket_answers(path):
         raise VineyardConnectionError(f"no process listens on the vineyard IPC socket {os.fspath(path)}")
-    from fluid_airflow.vineyard import calls
+    from fluid_airflow.vineyard.client import calls
 
     calls.probe("ipc", os.fspath(path), timeout)  # vineyard.connect itself would wait 300 s
     import vineyard  # ~1 s to import; only here, never at module import time

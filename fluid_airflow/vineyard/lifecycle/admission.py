@@ -32,9 +32,9 @@ from typing import Any, NamedTuple
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard import naming
-from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.resources import format_bytes
+from fluid_airflow.units import format_bytes
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.data import naming
 
 MARGIN_BYTES = 64 * 1024  # fixed slack on top of the estimate (see the module docstring)
 MARGIN_FRACTION = 0.01  # plus 1% of the estimate
@@ -159,9 +159,9 @@ def check_room(
 ) -> None:
     """Refuse to store ``needed`` bytes unless vineyardd has them free (plus the margin).
 
-    Called under the in-flight lock (:func:`~fluid_airflow.vineyard.inflight.tracked`). When the
+    Called under the in-flight lock (:func:`~fluid_airflow.vineyard.lifecycle.inflight.tracked`). When the
     room is short, what no name reaches is reclaimed first (a killed producer's leftovers,
-    :func:`~fluid_airflow.vineyard.reclaim.reclaim`), then the check is made again.
+    :func:`~fluid_airflow.vineyard.lifecycle.reclaim.reclaim`), then the check is made again.
 
     :param needed: estimate of the bytes to store (:func:`payload_nbytes`); 0 is always admitted.
     :param what: the value's type for the message (``pandas.DataFrame``).
@@ -185,7 +185,7 @@ def check_room(
             return
         if attempt == "check":
             from fluid_airflow import config
-            from fluid_airflow.vineyard.reclaim import reclaim
+            from fluid_airflow.vineyard.lifecycle.reclaim import reclaim
 
             reclaim(client, unnamed=config.get_bool("reclaim_unnamed"), locked=True)
     raise out_of_memory(

@@ -4,7 +4,7 @@ Read from Vineyard's metadata, not from the references: an object's holder is
 ``ObjectMeta.instance_id`` (shared metadata of a persisted object, readable from any instance:
 docs/design.md §9) and its size the reference's ``bytes`` (``memory_usage`` counts only buffers
 present locally, so it is 0 from another instance, §9); the migrated copies are found by name
-(:func:`~fluid_airflow.vineyard.naming.copies_pattern`); an instance's host is the ``hostname``
+(:func:`~fluid_airflow.vineyard.data.naming.copies_pattern`); an instance's host is the ``hostname``
 of its entry in the cluster table ``Client.meta``. Object-level affinity
 (:func:`fluid_airflow.fluid.pods.object_affinity`) takes :func:`host_bytes` as its weights.
 """
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard import inline
-from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.naming import copies_pattern
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
-from fluid_airflow.vineyard.tree import is_tree, references_in
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.data import inline
+from fluid_airflow.vineyard.data.naming import copies_pattern
+from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.data.tree import is_tree, references_in
 
 
 @dataclass

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fluid_airflow.vineyard import journal, reclaim
+from fluid_airflow.vineyard.lifecycle import journal, reclaim
 
 log = logging.getLogger(__name__)
 

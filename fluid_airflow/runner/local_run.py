@@ -3,7 +3,7 @@
 A fresh interpreter per task re-imports Airflow, vineyard, pandas and pyarrow: about 1.1 s of
 CPU, 3-4 s of wall time on a loaded 2-core machine (``python -X importtime``), for every task.
 The task process has imported all of that already, so :func:`run_forked` forks it instead
-(copy-on-write, a few milliseconds) and runs :func:`fluid_airflow.decorators.runner.execute` in
+(copy-on-write, a few milliseconds) and runs :func:`fluid_airflow.runner.task.execute` in
 the child. This is the pattern Airflow's own task supervisor uses to start task processes:
 import once, then ``os.fork()`` (task-sdk 1.3.2 ``execution_time/supervisor.py``,
 ``WatchedSubprocess.start``, which forks without ``exec`` on Linux).
@@ -60,7 +60,7 @@ def run_forked(
 ) -> int:
     """Run ``spec`` in a forked child; return its exit code (negative: killed by that signal).
 
-    :param spec: the runner spec (see :mod:`fluid_airflow.decorators.runner`).
+    :param spec: the runner spec (see :mod:`fluid_airflow.runner.task`).
     :param env: the child's whole environment.
     :param output: file the child writes the XCom value (JSON) to, on success only.
     :param log_line: called in this process with each line the child prints (no newline).
@@ -89,7 +89,7 @@ def child_main(
 ) -> int:  # pragma: no cover
     """The child's whole life: detach from its parent, run the spec, return the exit code.
 
-    ``write_fd`` becomes its stdout and stderr. Used here and by :mod:`fluid_airflow.decorators.warm`.
+    ``write_fd`` becomes its stdout and stderr. Used here and by :mod:`fluid_airflow.runner.warm`.
     """
     try:
         for number in _RESET_SIGNALS:
@@ -120,7 +120,7 @@ def child_main(
     except BaseException:
         return 70  # EX_SOFTWARE: nothing can be reported; the parent logs the exit code
     try:
-        from fluid_airflow.decorators import runner
+        from fluid_airflow.runner import task as runner
 
         return runner.execute(spec, output)
     except SystemExit as exc:
@@ -168,10 +168,10 @@ def run_subprocess(
     log_line: Callable[[str], None],
     on_start: Callable[[int], None] = lambda pid: None,
 ) -> int:
-    """As :func:`run_forked`, in a fresh interpreter (``python -m fluid_airflow.decorators.runner``)."""
+    """As :func:`run_forked`, in a fresh interpreter (``python -m fluid_airflow.runner.task``)."""
     spec_file = output.with_name("spec.json")
     spec_file.write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "fluid_airflow.decorators.runner", "--spec", str(spec_file)]
+    command = [sys.executable, "-m", "fluid_airflow.runner.task", "--spec", str(spec_file)]
     process = subprocess.Popen(
         [*command, "--output", str(output)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -181,3 +181,23 @@ def run_subprocess(
         for line in process.stdout:
             log_line(line.decode(errors="replace").rstrip("\n"))
     return process.wait()
+
+
+def runner_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment of the local runner subprocess, made from the task process's ``env``.
+
+    Under a scheduler the task runs under the Task SDK supervisor, which blocks DB access by
+    setting ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///`` in the task's
+    environment (task-sdk 1.3.2 ``execution_time/supervisor.py``, ``block_orm_access``); a fresh
+    interpreter importing ``airflow`` would then fail in ``settings.initialize()`` ->
+    ``configure_orm()`` ("Could not parse SQLAlchemy URL"). The runner needs no DB, so it is
+    started the way the standard provider starts its virtualenv scripts:
+    ``PYTHON_OPERATORS_VIRTUAL_ENV_MODE=1`` makes ``settings.initialize()`` skip the ORM
+    (airflow-core 3.3.2 ``airflow/settings.py``; providers-standard 1.21.0
+    ``utils/python_virtualenv_script.jinja2``). ``_AIRFLOW_PROCESS_CONTEXT=server`` (inherited
+    from the scheduler) is dropped so secrets are looked up without the metadata DB
+    (``ensure_secrets_backend_loaded`` in the same supervisor module). ``PYTHONUNBUFFERED=1``
+    makes the function's prints reach the task log as they happen.
+    """
+    cleaned = {k: v for k, v in env.items() if k != "_AIRFLOW_PROCESS_CONTEXT"}
+    return {**cleaned, "PYTHON_OPERATORS_VIRTUAL_ENV_MODE": "1", "PYTHONUNBUFFERED": "1"}

@@ -24,19 +24,20 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.metadb import FINISHED_RUN_STATES, runs_with_xcom_values
-from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.migration import held_bytes
-from fluid_airflow.vineyard.naming import (
+from fluid_airflow.units import format_bytes
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.data.naming import (
     XComNameParts,
     names_pattern,
     split_copy_name,
     split_xcom_object_name,
     xcom_object_name,
 )
-from fluid_airflow.vineyard.reclaim import Reclaimed, reclaim
-from fluid_airflow.vineyard.release import delete_named
-from fluid_airflow.vineyard.tree import referenced_ids
+from fluid_airflow.vineyard.data.tree import referenced_ids
+from fluid_airflow.vineyard.lifecycle.metadb import FINISHED_RUN_STATES, runs_with_xcom_values
+from fluid_airflow.vineyard.lifecycle.migration import held_bytes
+from fluid_airflow.vineyard.lifecycle.reclaim import Reclaimed, reclaim
+from fluid_airflow.vineyard.lifecycle.release import delete_named
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",
@@ -191,7 +192,6 @@ def collect(
 
 def describe(report: GcReport) -> str:
     """Human-readable lines for ``report``."""
-    from fluid_airflow.vineyard.resources import format_bytes
 
     def amount(objects: int, bytes: int) -> str:
         return f"{objects} object{'' if objects == 1 else 's'}, {format_bytes(bytes)}"

@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from fluid_airflow.units import format_bytes
+
 MARKER = "__vineyard_ref__"
 VERSION = 1
 MAX_COLUMNS = 16
@@ -39,7 +41,7 @@ class VineyardReference:
     """Where one XCom value lives in Vineyard and what it is.
 
     :param object_id: Vineyard object id in its short form (``repr(ObjectID)``, e.g. ``o688a…``).
-    :param name: the object's Vineyard name (see :mod:`fluid_airflow.vineyard.naming`).
+    :param name: the object's Vineyard name (see :mod:`fluid_airflow.vineyard.data.naming`).
     :param type: Python type of the value as the consumer gets it, e.g. ``numpy.ndarray``.
     :param encoding: how it is stored: ``vineyard`` (Vineyard's own type), ``arrow`` (a pandas
         object stored as an Arrow table, converted back on read) or ``json`` (Airflow-serialised
@@ -83,8 +85,6 @@ class VineyardReference:
 
     def describe(self) -> str:
         """One line for people: type, shape, bytes, where, and when it is released."""
-        from fluid_airflow.vineyard.resources import format_bytes
-
         shape = " x ".join(str(n) for n in self.shape) if self.shape else ""
         where = f" on {self.host}" if self.host else ""
         released = f", released {self.expires}" if self.expires else ""
@@ -120,7 +120,7 @@ class VineyardReference:
         names = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in names}
         if "dag_id" not in fields:  # compact form: the scope comes from the name
-            from fluid_airflow.vineyard.naming import split_xcom_object_name
+            from fluid_airflow.vineyard.data.naming import split_xcom_object_name
 
             scope = split_xcom_object_name(fields["name"])
             fields.update({k: scope[k] for k in ("dag_id", "run_id", "task_id", "map_index", "key")})

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluid_airflow import config
-from fluid_airflow.vineyard.calls import LIST_LIMIT
-from fluid_airflow.vineyard.migration import held_bytes
-from fluid_airflow.vineyard.naming import run_name_prefix
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.data.naming import run_name_prefix
+from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 
 
 @dataclass

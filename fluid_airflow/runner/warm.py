@@ -5,10 +5,10 @@ vineyard, numpy, pandas and pyarrow: about 1 s of CPU per task (``python -X impo
 more on a loaded machine. The local backend therefore starts one helper per bound Dataset,
 next to its vineyardd (:meth:`~fluid_airflow.fluid.local.LocalFluidClient.create` of the
 runtime), and stops it before that vineyardd (``delete``): ``python -m
-fluid_airflow.decorators.warm <dataset folder>``. It imports once and listens on
+fluid_airflow.runner.warm <dataset folder>``. It imports once and listens on
 ``<folder>/warm.sock``. Per task (:func:`run_warm`), the task process sends the spec, the
 environment and the write end of a pipe (``SCM_RIGHTS``, Python's ``socket.send_fds``); the
-helper forks a child that runs :func:`fluid_airflow.decorators.local_run.child_main` with that pipe
+helper forks a child that runs :func:`fluid_airflow.runner.local_run.child_main` with that pipe
 as stdout and stderr, so the task reads the function's output as it is printed, and answers
 ``{"pid": ...}`` then ``{"code": ...}``. The child connects to vineyardd after the fork. When
 the task's connection closes early (the task was killed), the helper kills the child.
@@ -44,12 +44,12 @@ def start(folder: Path, vineyard_socket: str) -> int:
     """Start the helper of the Dataset in ``folder`` (detached: it outlives the bind task);
     returns its pid. It answers once its imports are done (a few seconds); until then
     :func:`run_warm` returns None and the task forks itself instead."""
-    from fluid_airflow.decorators.fluid import runner_environment
+    from fluid_airflow.runner.local_run import runner_environment
 
     env = runner_environment({**os.environ, "VINEYARD_IPC_SOCKET": vineyard_socket})
     with open(folder / LOG_NAME, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fluid_airflow.decorators.warm", str(folder)], env=env,
+            [sys.executable, "-m", "fluid_airflow.runner.warm", str(folder)], env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     (folder / PID_NAME).write_text(str(process.pid))
@@ -88,7 +88,7 @@ def run_warm(
     log_line: Callable[[str], None],
     on_start: Callable[[int], None] = lambda pid: None,
 ) -> int | None:
-    """As :func:`~fluid_airflow.decorators.local_run.run_forked`, in a fork of the helper.
+    """As :func:`~fluid_airflow.runner.local_run.run_forked`, in a fork of the helper.
 
     :returns: the child's exit code, or None when no helper answers on ``folder`` (not
         started, still importing, or gone): the caller runs the task another way.
@@ -126,7 +126,7 @@ def _serve(folder: Path) -> None:  # pragma: no cover - runs in the helper proce
     import vineyard  # noqa: F401
     from airflow.sdk import serde  # noqa: F401
 
-    from fluid_airflow.decorators import local_run, runner  # noqa: F401
+    from fluid_airflow.runner import local_run  # noqa: F401
     from fluid_airflow.vineyard import xcom  # noqa: F401
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -165,7 +165,7 @@ def _serve(folder: Path) -> None:  # pragma: no cover - runs in the helper proce
 
 def _fork_task(conn: socket.socket, server: socket.socket) -> int | None:  # pragma: no cover - helper
     """Read one request from ``conn`` and fork its child; returns the child's pid."""
-    from fluid_airflow.decorators import local_run
+    from fluid_airflow.runner import local_run
 
     conn.settimeout(30)
     try:

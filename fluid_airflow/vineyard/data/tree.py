@@ -23,8 +23,8 @@ from typing import Any, TypeGuard
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard import codec, inline
-from fluid_airflow.vineyard.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.data import codec, inline
+from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
 
 TREE_MARKER = "__vineyard_tree__"
 MAX_DEPTH = 16

@@ -1,6 +1,6 @@
 """Run one ``@task.fluid`` callable next to the data: inside a task pod, or a local subprocess.
 
-``python -m fluid_airflow.decorators.runner (--spec FILE | --spec-env VAR) [--output FILE]``
+``python -m fluid_airflow.runner.task (--spec FILE | --spec-env VAR) [--output FILE]``
 
 The spec (JSON, Airflow serde form) holds the function source, its arguments and the XCom
 scope (DAG, run, task, map index). Arguments that are Vineyard references are resolved here,
@@ -122,7 +122,7 @@ def connect(min_free: int = MIN_FREE_BYTES) -> Any:
 def _resolve(value: Any) -> Any:
     from collections import namedtuple
 
-    from fluid_airflow.vineyard import tree
+    from fluid_airflow.vineyard.data import tree
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
 
     if tree.is_backend_row(value):
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Exceptions of the user's function propagate (non-zero exit, traceback in the task log).
     """
-    parser = argparse.ArgumentParser(prog="python -m fluid_airflow.decorators.runner")
+    parser = argparse.ArgumentParser(prog="python -m fluid_airflow.runner.task")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="JSON spec file")
     source.add_argument("--spec-env", help="environment variable holding the base64 JSON spec")
@@ -186,7 +186,7 @@ def execute(spec: dict[str, Any], output: Path | None) -> int:
     """Preflight, run ``spec``, write the XCom value (JSON) to ``output``; returns 0, or 3 when
     the preflight fails (message on stderr, no output file). Used by :func:`main` in a pod or a
     fresh interpreter, and in a fork of the task process by
-    :func:`fluid_airflow.decorators.local_run.run_forked`.
+    :func:`fluid_airflow.runner.local_run.run_forked`.
 
     Exceptions of the user's function propagate (non-zero exit, traceback in the task log).
     """

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from fluid_airflow.exceptions import VineyardDaemonError
-from fluid_airflow.vineyard import private_dir
-from fluid_airflow.vineyard.daemon import LocalVineyardd
-from fluid_airflow.vineyard.etcd import LocalEtcd, free_port
+from fluid_airflow.vineyard.local import private_dir
+from fluid_airflow.vineyard.local.daemon import LocalVineyardd
+from fluid_airflow.vineyard.local.etcd import LocalEtcd, free_port
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class LocalVineyardCluster:
         :raises VineyardDaemonError: as :meth:`LocalVineyardd.start` / :meth:`LocalEtcd.start`.
         """
         from fluid_airflow.exceptions import SocketInUseError
-        from fluid_airflow.vineyard.resources import check_memory, memory_limits, parse_size
+        from fluid_airflow.vineyard.local.resources import check_memory, memory_limits, parse_size
 
         missing = [(n, p) for n, p in zip(self.nodes, self.rpc_ports, strict=True) if not n.pid()]
         if self.etcd.pid is not None and not missing:

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from fluid_airflow.exceptions import VineyardConnectionError, VineyardDaemonError
-from fluid_airflow.vineyard.resources import (
+from fluid_airflow.vineyard.local.resources import (
     MAX_SOCKET_PATH_BYTES,
     query_instance,
     socket_answers,

@@ -2,7 +2,7 @@
 
 The XCom backend (:mod:`fluid_airflow.vineyard.xcom`) picks the client; these functions do the
 Vineyard calls, each bounded by the client's ``timeout_seconds`` and with connection failures
-named by :func:`fluid_airflow.vineyard.calls.guarded`.
+named by :func:`fluid_airflow.vineyard.client.calls.guarded`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from fluid_airflow import config
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard import admission, calls, codec, inflight, migration
-from fluid_airflow.vineyard.naming import xcom_object_name
-from fluid_airflow.vineyard.reference import VineyardReference
-from fluid_airflow.vineyard.release import delete_named
+from fluid_airflow.vineyard.client import calls
+from fluid_airflow.vineyard.data import codec
+from fluid_airflow.vineyard.data.naming import xcom_object_name
+from fluid_airflow.vineyard.data.reference import VineyardReference
+from fluid_airflow.vineyard.lifecycle import admission, inflight, migration
+from fluid_airflow.vineyard.lifecycle.release import delete_named
 
 log = logging.getLogger(__name__)
 

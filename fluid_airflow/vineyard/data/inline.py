@@ -31,6 +31,8 @@ import json
 import warnings
 from typing import Any
 
+from fluid_airflow.units import format_bytes
+
 MARKER = "__vineyard_inline__"
 VERSION = 1
 # numpy dtype kinds kept inline: those Vineyard stores too (codec._NATIVE_KINDS) plus str, so
@@ -114,8 +116,6 @@ def decode(row: dict[str, Any]) -> Any:
 def describe(kind: str, shape: list[int], dtype: Any, size: int, where: str = "inline") -> str:
     """A value in a few words, e.g. ``numpy.ndarray float64 3 x 4, 96 B inline`` (``where``:
     ``inline`` or ``in Vineyard``, for the leaves of a tree row's summary)."""
-    from fluid_airflow.vineyard.resources import format_bytes
-
     dims = " x ".join(str(n) for n in shape) or "scalar"
     return f"{kind}{' ' + str(dtype) if dtype is not None else ''} {dims}, {format_bytes(size)} {where}"
 
@@ -171,7 +171,7 @@ def _same(value: Any, got: Any) -> bool:
     import numpy as np
     import pandas as pd
 
-    from fluid_airflow.vineyard.codec import value_difference
+    from fluid_airflow.vineyard.data.difference import value_difference
 
     if isinstance(value, np.ndarray):  # Vineyard's view comes back as what it names itself
         if type(got) is not np.ndarray or value_difference(value, got) is not None:
