@@ -41,7 +41,15 @@ class VineyardTimeoutError(VineyardConnectionError, TimeoutError):
 
 
 class UnsupportedXComValueError(FluidAirflowError, TypeError):
-    """A value cannot be stored as an XCom: raised in the producer, at push time."""
+    """A value cannot be stored as an XCom: raised in the producer, at push time.
+
+    :param xcom: the XCom the message names (``XComScope.describe()``), when the raiser knew it; the
+        backend names it for the codecs, which do not.
+    """
+
+    def __init__(self, message: str, *, xcom: str = "") -> None:
+        super().__init__(message)
+        self.xcom = xcom
 
 
 class VineyardReadBackError(FluidAirflowError):

@@ -391,7 +391,7 @@ def test_delete_named_keeps_a_name_repointed_to_a_new_object(vineyard_client, pr
     """Release and gc list names, then delete: a retried task may repoint a name in between."""
     import numpy as np
 
-    from fluid_airflow.vineyard.lifecycle.release import delete_named
+    from fluid_airflow.vineyard.lifecycle.delete import delete_named
 
     name = xcom_object_name(prefix=prefix, dag_id="d", run_id="r", task_id="t", map_index=-1, key="k")
     old = vineyard_client.put(np.zeros(1000))

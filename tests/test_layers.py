@@ -15,14 +15,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fluid_airflow"
 
 #: Highest first. A module may import modules of its own layer or of a lower one, never of a higher one.
+AIRFLOW_FACING = ("operators", "sensors", "triggers", "decorators", "plugins", "ui", "cli", "macros", "links")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    (
-        "Airflow-facing",
-        (
-            "operators", "sensors", "triggers", "decorators", "plugins", "ui", "cli", "macros", "links",
-            "get_provider_info",
-        ),
-    ),  # fmt: skip
+    ("Airflow-facing", (*AIRFLOW_FACING, "get_provider_info")),
     ("control plane", ("hooks.fluid", "fluid")),
     ("task runner", ("runner",)),
     ("XCom backend", ("vineyard.xcom", "vineyard.store")),
@@ -56,7 +51,9 @@ def _layer(module: str) -> int | None:
     best: tuple[int, int] | None = None
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
+            if (module == prefix or module.startswith(prefix + ".")) and (
+                best is None or len(prefix) > best[0]
+            ):
                 best = (len(prefix), index)
     return None if best is None else best[1]
 
@@ -77,7 +74,9 @@ def _imports(module: str) -> set[str]:
                 base = f"fluid_airflow.{base}" if base else "fluid_airflow"
             inner = base.removeprefix("fluid_airflow").lstrip(".")
             # ``from x import y`` imports the module ``x.y`` when there is one, else a name of ``x``
-            names = [f"{base}.{a.name}" if f"{inner}.{a.name}".lstrip(".") in MODULES else base for a in node.names]
+            names = [
+                f"{base}.{a.name}" if f"{inner}.{a.name}".lstrip(".") in MODULES else base for a in node.names
+            ]
         else:
             continue
         for name in names:
@@ -93,7 +92,9 @@ GRAPH = {module: _imports(module) for module in MODULES}
 
 def test_every_module_has_a_layer():
     unplaced = sorted(m for m in MODULES if m not in NAMESPACES and _layer(m) is None)
-    assert not unplaced, f"place these modules in a layer of tests/test_layers.py and docs/architecture.md: {unplaced}"
+    assert not unplaced, (
+        f"place these modules in a layer of tests/test_layers.py and docs/architecture.md: {unplaced}"
+    )
 
 
 def test_namespaces_import_nothing():

@@ -282,7 +282,9 @@ def _plain_env(env_vars: Any) -> dict[str, str]:
 
 def _is_lazy(value: Any) -> bool:
     """A lazily resolved mapped upstream (LazyXComSequence): sent as a list of references."""
-    return type(value).__name__ == "LazyXComSequence"
+    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
+
+    return isinstance(value, LazyXComSequence)
 
 
 def fluid_task(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
@@ -82,9 +83,7 @@ class VineyardHook(BaseHook):
             return "rpc", self._rpc_endpoint
         try:
             conn = self.get_connection(self.vineyard_conn_id)
-        except Exception as exc:  # AirflowNotFoundException, from the SDK or core
-            if type(exc).__name__ != "AirflowNotFoundException":
-                raise
+        except AirflowNotFoundException as exc:  # core's airflow.exceptions re-exports the SDK's class
             raise errors.VineyardConnectionError(
                 f"Airflow connection {self.vineyard_conn_id!r} (type vineyard) is not defined. Create it "
                 "(UI: Admin > Connections; or AIRFLOW_CONN_<ID> as JSON with extra.ipc_socket), or unset "

@@ -12,6 +12,7 @@ Routes (relative to ``/fluid``): ``GET /handoffs`` (the page), ``GET /api/handof
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Annotated, Any
 
@@ -148,8 +149,9 @@ def _release_object(body: ObjectRelease, user: Any) -> dict[str, int]:
     import vineyard
 
     from fluid_airflow.vineyard.client.calls import LIST_LIMIT
-    from fluid_airflow.vineyard.data.naming import split_copy_name, split_xcom_object_name
-    from fluid_airflow.vineyard.lifecycle.migration import delete_on_holder, held_bytes
+    from fluid_airflow.vineyard.data.naming import copies_pattern, split_copy_name, split_xcom_object_name
+    from fluid_airflow.vineyard.lifecycle.delete import delete_named
+    from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 
     copy = split_copy_name(body.name)
     try:
@@ -164,14 +166,11 @@ def _release_object(body: ObjectRelease, user: Any) -> dict[str, int]:
         raise HTTPException(404, f"no Vineyard object named {body.name!r}") from exc
     names = {body.name: object_id}
     if not copy:  # its migrated copies go with it
-        names.update(client.list_names(f"{body.name}#{object_id!r}@*", limit=LIST_LIMIT))
+        names.update(client.list_names(copies_pattern(body.name, repr(object_id)), limit=LIST_LIMIT))
     freed = 0
     for name, oid in names.items():
-        try:
+        with contextlib.suppress(vineyard.ObjectNotExistsException):  # gone: its name is dropped all the same
             freed += held_bytes(client.get_meta(oid))
-            delete_on_holder(client, oid)
-        except vineyard.ObjectNotExistsException:
-            pass
-        client.drop_name(name)
+        delete_named(client, name, oid)
     log.info("User %s released %s (%d bytes)", user.get_name(), body.name, freed)
     return {"objects": len(names), "bytes": freed}

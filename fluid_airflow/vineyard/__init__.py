@@ -6,5 +6,6 @@
 - :mod:`.data` — a value <-> what Vineyard holds and the JSON reference in the XCom row (codec, trees,
   names).
 - :mod:`.local` — the local daemons: vineyardd, etcd, a local cluster of instances.
-- :mod:`.client` — bounded calls on a vineyard client (the client itself: :mod:`fluid_airflow.hooks.vineyard`).
+- :mod:`.client` — bounded calls on a vineyard client (the client itself:
+  :mod:`fluid_airflow.hooks.vineyard`).
 """

@@ -20,42 +20,37 @@ from fluid_airflow import config
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard.client import calls
 from fluid_airflow.vineyard.data import codec
-from fluid_airflow.vineyard.data.naming import xcom_object_name
+from fluid_airflow.vineyard.data.naming import XComScope
 from fluid_airflow.vineyard.data.reference import VineyardReference
 from fluid_airflow.vineyard.lifecycle import admission, inflight, migration
-from fluid_airflow.vineyard.lifecycle.release import delete_named
+from fluid_airflow.vineyard.lifecycle.delete import delete_named
 
 log = logging.getLogger(__name__)
 
 _Result = namedtuple("_Result", ["value"])
 
 
-def store(
-    client: Any, encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
-) -> VineyardReference:
+def put(client: Any, encoded: codec.Encoded, original: Any, scope: XComScope) -> VineyardReference:
     """Put ``encoded`` (made from ``original``) under its run-scoped name and return the reference.
 
     The put is read back and checked before the name is published; a failure deletes it. A
     previous object under the same name (a retried task's) is deleted after the new one is named.
 
-    :param scope: ``key``, ``task_id``, ``dag_id``, ``run_id`` of the XCom.
+    :param scope: the XCom it is pushed as (its object's name is made from it).
     :raises VineyardOutOfMemoryError: the payload does not fit (checked before any allocation).
     :raises UnsupportedXComValueError: Vineyard cannot hold the value.
     :raises VineyardReadBackError: what Vineyard gives back differs from what was put.
     :raises VineyardConnectionError: the connection broke or timed out (VineyardTimeoutError).
     """
-    action = f"storing XCom {scope['key']!r} of task {scope['task_id']!r} (DAG run {scope['run_id']!r})"
+    action = f"storing XCom {scope.key!r} of task {scope.task_id!r} (DAG run {scope.run_id!r})"
     with calls.guarded(client, action):
-        return _put(client, encoded, original, scope, map_index)
+        return _put(client, encoded, original, scope)
 
 
-def _put(
-    client: Any, encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
-) -> VineyardReference:
+def _put(client: Any, encoded: codec.Encoded, original: Any, scope: XComScope) -> VineyardReference:
     import vineyard
 
-    index = -1 if map_index is None else int(map_index)
-    name = xcom_object_name(prefix=config.get("name_prefix"), map_index=index, **scope)
+    name = scope.object_name(config.get("name_prefix"))
     try:
         previous = client.get_name(name)
     except vineyard.ObjectNotExistsException:
@@ -77,17 +72,18 @@ def _put(
             if calls.is_connection_failure(exc):
                 raise  # not the value's fault: guarded() names it
             raise errors.UnsupportedXComValueError(
-                f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard cannot store this "
+                f"XCom {scope.key!r} of task {scope.task_id!r}: Vineyard cannot store this "
                 f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
-                "decimals to float or str) before returning it."
+                "decimals to float or str) before returning it.",
+                xcom=scope.describe(),
             ) from exc
         put.stored(object_id)
-        ref = _checked_reference(client, object_id, encoded, original, scope, name, index)
+        ref = _checked_reference(client, object_id, encoded, original, scope, name)
         client.put_name(object_id, name)
     if previous is not None and previous != object_id:
         # The retried/cleared task's earlier object; its name now points at the new one and stays.
         delete_named(client, name, previous)
-    log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope["key"], name, ref.object_id, ref.bytes)
+    log.info("XCom %r stored in Vineyard as %s (%s, %d bytes)", scope.key, name, ref.object_id, ref.bytes)
     return ref
 
 
@@ -96,9 +92,8 @@ def _checked_reference(
     object_id: Any,
     encoded: codec.Encoded,
     original: Any,
-    scope: dict[str, Any],
+    scope: XComScope,
     name: str,
-    index: int,
 ) -> VineyardReference:
     """Persist the put object, read it back, check it and return its reference (not yet named).
 
@@ -113,7 +108,7 @@ def _checked_reference(
         encoding=encoded.encoding,
         typename=meta.typename,
         bytes=int(meta.memory_usage),
-        map_index=index,
+        map_index=scope.index,
         host=_hostname(client),
         socket=str(client.ipc_socket) if client.is_ipc else "",
         instance_id=int(client.instance_id),
@@ -123,11 +118,14 @@ def _checked_reference(
         columns=encoded.columns,
         extra=encoded.extra,
         expires=_expiry(),
-        **scope,
+        key=scope.key,
+        task_id=scope.task_id,
+        dag_id=scope.dag_id,
+        run_id=scope.run_id,
     )
     if meta.typename == "vineyard::PickleBuffer":
         raise errors.VineyardReadBackError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard fell back to pickling the "
+            f"XCom {scope.key!r} of task {scope.task_id!r}: Vineyard fell back to pickling the "
             f"{encoded.type}; such objects cannot be read back reliably by other processes. "
             "Nothing was recorded."
         )
@@ -135,7 +133,7 @@ def _checked_reference(
         stored = client.get(object_id)
     except Exception as exc:
         raise errors.VineyardReadBackError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: Vineyard stored the {encoded.type} "
+            f"XCom {scope.key!r} of task {scope.task_id!r}: Vineyard stored the {encoded.type} "
             f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
             "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
         ) from exc

@@ -43,7 +43,7 @@ from fluid_airflow import exceptions as errors
 # The module, not the name: Airflow resolves this backend from its config while the hook module
 # may still be initialising (it imports airflow.sdk), and a name import would then fail.
 from fluid_airflow.hooks import vineyard as vineyard_hooks
-from fluid_airflow.vineyard import store as objects
+from fluid_airflow.vineyard import store
 from fluid_airflow.vineyard.data import codec, inline, naming, outputs, tree
 from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
 from fluid_airflow.vineyard.lifecycle import migration
@@ -151,18 +151,19 @@ class VineyardXComBackend(BaseXCom):
         """
         if tree.is_backend_row(value):
             return value  # already in our DB form (e.g. returned by a pod): keep it as is
-        scope = {"key": key, "task_id": task_id, "dag_id": dag_id, "run_id": run_id}
+        # Empty when pushed from outside a running task: refused before anything is stored (_require_scope).
+        scope = naming.XComScope(dag_id or "", run_id or "", task_id or "", key or "", map_index)
         # A bad setting fails every push, not some.
         for option in ("inline_threshold", "inline_payload_floor", "keep_for"):
             config.get_int(option)
         try:
-            return _serialize(value, scope, map_index)
+            return _serialize(value, scope)
         except errors.UnsupportedXComValueError as exc:
-            if str(exc).startswith("XCom "):
+            if exc.xcom:
                 raise
             # Raised by codec/tree, which do not know the task: name it here.
             raise errors.UnsupportedXComValueError(
-                f"XCom {key!r} of task {task_id!r} (DAG {dag_id!r}, run {run_id!r}): {exc}"
+                f"{scope.describe()}: {exc}", xcom=scope.describe()
             ) from exc
 
     @staticmethod
@@ -172,7 +173,7 @@ class VineyardXComBackend(BaseXCom):
         ``result`` is an ``XComResult`` or any object with ``.value`` (``get_all`` and lazy
         mapped sequences pass a wrapper). Arrays and native DataFrames read from Vineyard come
         back as read-only zero-copy views (``.copy()`` before mutating); inline ones are new
-        writable objects. Within :func:`references_only` every row of ours stays a dict.
+        writable store. Within :func:`references_only` every row of ours stays a dict.
 
         :raises VineyardObjectLostError: the referenced object is gone or was replaced.
         """
@@ -251,27 +252,27 @@ def _row_owns(xcom: Any, ref: VineyardReference) -> bool | str:
     )
 
 
-def _serialize(value: Any, scope: dict[str, Any], map_index: int | None) -> Any:
+def _serialize(value: Any, scope: naming.XComScope) -> Any:
     if codec.is_vineyard_type(value):
         row = inline.encode(value, config.get_int("inline_payload_floor"))
         if row is not None:
-            outputs.remember(scope, map_index, value, None)  # nothing stored: nothing to reuse
+            outputs.remember(scope, value, None)  # nothing stored: nothing to reuse
             return row
         _require_scope(scope, type(value))
-        ref = _store(codec.encode(value), value, scope, map_index).to_json()
-        outputs.remember(scope, map_index, value, ref)
+        ref = _store(codec.encode(value), value, scope).to_json()
+        outputs.remember(scope, value, ref)
         return ref
     if tree.contains_vineyard(value):
         _require_scope(scope, type(value))
-        return _store_tree(value, scope, map_index)
+        return _store_tree(value, scope)
     serialized = _serde(value, scope)
     text = _json_text(serialized)
     if len(text.encode("utf-8")) < config.get_int("inline_threshold"):
-        outputs.remember(scope, map_index, value, None)
+        outputs.remember(scope, value, None)
         return serialized
     _require_scope(scope, type(value))
-    ref = _store(codec.encode_json(text), text, scope, map_index).to_json()
-    outputs.remember(scope, map_index, value, None)  # JSON text is not reused: it is not the object
+    ref = _store(codec.encode_json(text), text, scope).to_json()
+    outputs.remember(scope, value, None)  # JSON text is not reused: it is not the object
     return ref
 
 
@@ -286,8 +287,8 @@ def _json_text(serialized: Any) -> str:
         ) from exc
 
 
-def _require_scope(scope: dict[str, str | None], kind: type) -> None:
-    missing = [k for k, v in scope.items() if not v]
+def _require_scope(scope: naming.XComScope, kind: type) -> None:
+    missing = scope.missing()
     if missing:
         raise errors.FluidAirflowError(
             f"Cannot store a {kind.__name__} in Vineyard without {', '.join(missing)}: the object name is "
@@ -295,15 +296,15 @@ def _require_scope(scope: dict[str, str | None], kind: type) -> None:
         )
 
 
-def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dict[str, Any]:
-    siblings = outputs.multiple_outputs_pushes(value, scope, map_index)
+def _store_tree(value: Any, scope: naming.XComScope) -> dict[str, Any]:
+    siblings = outputs.multiple_outputs_pushes(value, scope)
     floor = config.get_int("inline_payload_floor")
 
     def store(leaf: Any, path: list[str]) -> dict[str, Any]:
         if len(path) == 1 and path[0] in siblings and siblings[path[0]][0] is leaf:
             return VineyardReference.from_json(siblings[path[0]][1]).to_json(compact=True)
-        leaf_scope = {**scope, "key": ".".join([scope["key"], *path])}
-        return _store(codec.encode(leaf), leaf, leaf_scope, map_index).to_json(compact=True)
+        leaf_scope = scope.with_key(".".join([scope.key, *path]))
+        return _store(codec.encode(leaf), leaf, leaf_scope).to_json(compact=True)
 
     stored: list[dict[str, Any]] = []
 
@@ -322,41 +323,40 @@ def _store_tree(value: Any, scope: dict[str, Any], map_index: int | None) -> dic
     except BaseException:
         owned = [VineyardReference.from_json(r) for r in stored]
         for ref in owned:
-            if ref.key.startswith(f"{scope['key']}."):  # roll back this push's own leaves
+            if ref.key.startswith(f"{scope.key}."):  # roll back this push's own leaves
                 release(ref)
         raise
     finally:
-        if scope["key"] == BaseXCom.XCOM_RETURN_KEY:
+        if scope.key == BaseXCom.XCOM_RETURN_KEY:
             outputs.forget()  # the last push of a task instance
 
 
-def _serde(value: Any, scope: dict[str, str | None]) -> Any:
+def _serde(value: Any, scope: naming.XComScope) -> Any:
     try:
         return BaseXCom.serialize_value(value)
     except Exception as exc:
         raise errors.UnsupportedXComValueError(
-            f"XCom {scope['key']!r} of task {scope['task_id']!r}: a {type(value).__module__}."
+            f"XCom {scope.key!r} of task {scope.task_id!r}: a {type(value).__module__}."
             f"{type(value).__qualname__} can go neither to Vineyard (numpy arrays, pandas "
             "DataFrames/Series, pyarrow Tables/RecordBatches/Arrays) nor through Airflow's JSON "
             f"serialisation ({type(exc).__name__}: {exc}). Return one of those types, or JSON-able "
-            "data (dict, list, str, numbers)."
+            "data (dict, list, str, numbers).",
+            xcom=scope.describe(),
         ) from exc
 
 
-def _store(
-    encoded: codec.Encoded, original: Any, scope: dict[str, Any], map_index: int | None
-) -> VineyardReference:
-    return objects.store(_client(), encoded, original, scope, map_index)
+def _store(encoded: codec.Encoded, original: Any, scope: naming.XComScope) -> VineyardReference:
+    return store.put(_client(), encoded, original, scope)
 
 
 def resolve(ref: VineyardReference) -> Any:
-    """Fetch the object behind ``ref`` from the vineyardd that holds it (see :func:`objects.resolve`)."""
+    """Fetch the object behind ``ref`` from the vineyardd that holds it (see :func:`store.resolve`)."""
     global resolved_in_process
     client = _client(ref)
     resolved_in_process += 1
-    return objects.resolve(client, ref)
+    return store.resolve(client, ref)
 
 
 def release(ref: VineyardReference) -> bool:
-    """Delete the object behind ``ref`` and its name (see :func:`objects.release`)."""
-    return objects.release(_client(ref), ref)
+    """Delete the object behind ``ref`` and its name (see :func:`store.release`)."""
+    return store.release(_client(ref), ref)

@@ -37,6 +37,7 @@ from typing import Any
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard.data.arrowtypes import arrow_storage, restore_arrow, widen
+from fluid_airflow.vineyard.data.difference import value_difference
 from fluid_airflow.vineyard.data.encoded import Encoded
 from fluid_airflow.vineyard.data.reference import VineyardReference, summarize_columns
 
@@ -175,7 +176,7 @@ def _exact_dtypes(table: Any, frame: Any) -> tuple[Any, dict[str, Any]]:
         entry = meta["columns"][i]
         if isinstance(dtype, pd.StringDtype):
             rebuild[str(i)] = {"string": dtype.storage, "nan": dtype.na_value is not pd.NA}
-        elif type(dtype).__name__ == "ArrowDtype":
+        elif isinstance(dtype, pd.ArrowDtype):
             rebuild[str(i)] = "arrow"
         elif isinstance(dtype, np.dtype) and entry["numpy_type"] != str(dtype):  # by _arrow_ready
             kind = "unicode" if dtype.kind == "O" else str(dtype)
@@ -321,7 +322,7 @@ def check(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> 
     read), then converts the first :data:`HEAD_ROWS` rows to pandas and compares them with the
     producer's (dtypes, labels, index type and names, values).
     """
-    from fluid_airflow.vineyard.data.difference import value_difference
+    import pandas as pd
 
     payload = encoded.payload
     if stored.num_rows != payload.num_rows or stored.schema.names != payload.schema.names:
@@ -334,6 +335,6 @@ def check(encoded: Encoded, value: Any, stored: Any, ref: VineyardReference) -> 
     rows = min(HEAD_ROWS, payload.num_rows)
     head = decode(stored.slice(0, rows), ref)
     want = value.iloc[:rows]
-    if want.index.__class__.__name__ == "RangeIndex":
+    if isinstance(want.index, pd.RangeIndex):
         want = want.set_axis(head.index)  # Arrow rebuilds a RangeIndex only at full length
     return value_difference(want, head)

@@ -16,6 +16,8 @@ keeps two consumers that migrate at the same moment from overwriting each other'
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import TypedDict
 from urllib.parse import quote, unquote
 
@@ -44,6 +46,50 @@ def xcom_object_name(
         )
     index = -1 if map_index is None else int(map_index)
     return "/".join([_part(prefix), _part(dag_id), _part(run_id), _part(task_id), str(index), _part(key)])
+
+
+@dataclass(frozen=True)
+class XComScope:
+    """The XCom a value is pushed as: Airflow's XCom key (DAG run, task, map index, key).
+
+    Its object's Vineyard name is made from it (:meth:`object_name`) and messages name it
+    (:meth:`describe`). ``map_index`` None is an unmapped task (stored as ``-1``, as Airflow does).
+    """
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    key: str
+    map_index: int | None = None
+
+    @property
+    def index(self) -> int:
+        """The map index as Airflow stores it: ``-1`` for an unmapped task."""
+        return -1 if self.map_index is None else int(self.map_index)
+
+    @property
+    def task_instance(self) -> tuple[str, str, str, int]:
+        """``(dag_id, run_id, task_id, index)``: the task instance that pushes it."""
+        return (self.dag_id, self.run_id, self.task_id, self.index)
+
+    def missing(self) -> list[str]:
+        """The fields a Vineyard name needs that are empty (a push from outside a running task)."""
+        return [f for f in ("key", "task_id", "dag_id", "run_id") if not getattr(self, f)]
+
+    def with_key(self, key: str) -> XComScope:
+        """The same task instance's XCom under ``key`` (a tree's leaf: ``return_value.a.0``)."""
+        return dataclasses.replace(self, key=key)
+
+    def object_name(self, prefix: str) -> str:
+        """Its Vineyard object name (:func:`xcom_object_name`)."""
+        return xcom_object_name(
+            prefix=prefix, dag_id=self.dag_id, run_id=self.run_id, task_id=self.task_id,
+            map_index=self.map_index, key=self.key,
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """``XCom 'key' of task 't' (DAG 'd', run 'r')``, for messages."""
+        return f"XCom {self.key!r} of task {self.task_id!r} (DAG {self.dag_id!r}, run {self.run_id!r})"
 
 
 def run_name_prefix(*, prefix: str, dag_id: str, run_id: str) -> str:

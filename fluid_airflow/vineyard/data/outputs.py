@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
+from fluid_airflow.vineyard.data.naming import XComScope
+
 # Airflow's own per-key pushes of a ``multiple_outputs`` task, so that the whole-dict
 # ``return_value`` push that follows them in the same call reuses those objects instead of
 # storing every array twice. ``call`` identifies that call (see :func:`airflow_outputs_call`).
@@ -41,26 +43,26 @@ def airflow_outputs_call() -> int | None:
     return None
 
 
-def remember(scope: dict[str, Any], map_index: int | None, value: Any, ref: dict[str, Any] | None) -> None:
+def remember(scope: XComScope, value: Any, ref: dict[str, Any] | None) -> None:
     """Record a per-key push that Airflow made for ``multiple_outputs`` (others are not reused)."""
     call = airflow_outputs_call()
-    current = (scope["dag_id"], scope["run_id"], scope["task_id"], map_index)
+    current = scope.task_instance
     if call is None:
         return
     if _pushed["scope"] != current or _pushed["call"] != call:
         _pushed.update(scope=current, call=call, order=[])
-    _pushed["order"].append((scope["key"], value, ref))
+    _pushed["order"].append((scope.key, value, ref))
 
 
-def multiple_outputs_pushes(value: Any, scope: dict[str, Any], map_index: int | None) -> dict[str, Any]:
+def multiple_outputs_pushes(value: Any, scope: XComScope) -> dict[str, Any]:
     """The per-key pushes to reuse for this ``return_value`` dict, or {}.
 
     Reused only when Airflow itself made those pushes for a ``multiple_outputs`` task in the
     same call that now pushes the dict (:func:`airflow_outputs_call`), each key of this very
     dict, in order, with these very objects.
     """
-    current = (scope["dag_id"], scope["run_id"], scope["task_id"], map_index)
-    if scope["key"] != BaseXCom.XCOM_RETURN_KEY or not isinstance(value, dict) or _pushed["scope"] != current:
+    current = scope.task_instance
+    if scope.key != BaseXCom.XCOM_RETURN_KEY or not isinstance(value, dict) or _pushed["scope"] != current:
         return {}
     call = airflow_outputs_call()
     if call is None or call != _pushed["call"]:

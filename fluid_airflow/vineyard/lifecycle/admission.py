@@ -152,7 +152,7 @@ def check_room(
     needed: int,
     *,
     what: str,
-    scope: dict[str, Any],
+    scope: naming.XComScope,
     prefix: str | None = None,
     pending: Any = None,
     at_most: int = 0,
@@ -165,7 +165,7 @@ def check_room(
 
     :param needed: estimate of the bytes to store (:func:`payload_nbytes`); 0 is always admitted.
     :param what: the value's type for the message (``pandas.DataFrame``).
-    :param scope: ``{key, task_id, dag_id, run_id}`` of the XCom.
+    :param scope: the XCom.
     :param prefix: the backend's name prefix; default ``[fluid] name_prefix``.
     :param pending: ``pending()`` gives the bytes other puts in flight announced but have not
         allocated yet; asked only when ``at_most`` (an upper bound of it) does not fit anyway.
@@ -198,7 +198,7 @@ def out_of_memory(
     needed: int,
     *,
     what: str,
-    scope: dict[str, Any],
+    scope: naming.XComScope,
     prefix: str | None = None,
     cause: BaseException | None = None,
     status: tuple[int, int] | None = None,
@@ -216,10 +216,7 @@ def out_of_memory(
         prefix = config.get("name_prefix")
     limit, used, top, cause_text = _measure(client, prefix, status)
     free = None if limit is None or used is None else max(limit - used, 0)
-    xcom = (
-        f"XCom {scope.get('key')!r} of task {scope.get('task_id')!r} (DAG {scope.get('dag_id')!r}, "
-        f"run {scope.get('run_id')!r})"
-    )
+    xcom = scope.describe()
     where = _where(client)
     lines = [
         f"{xcom}: vineyardd{where} has no room for the {what}: it needs about {format_bytes(needed)} "

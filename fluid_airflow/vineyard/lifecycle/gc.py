@@ -34,10 +34,10 @@ from fluid_airflow.vineyard.data.naming import (
     xcom_object_name,
 )
 from fluid_airflow.vineyard.data.tree import referenced_ids
+from fluid_airflow.vineyard.lifecycle.delete import delete_named
 from fluid_airflow.vineyard.lifecycle.metadb import FINISHED_RUN_STATES, runs_with_xcom_values
 from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 from fluid_airflow.vineyard.lifecycle.reclaim import Reclaimed, reclaim
-from fluid_airflow.vineyard.lifecycle.release import delete_named
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",

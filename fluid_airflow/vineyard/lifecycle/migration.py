@@ -31,6 +31,7 @@ from airflow.sdk.observability.stats import Stats  # at import: not inside a mea
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data.naming import copies_pattern, copy_object_name
 from fluid_airflow.vineyard.data.reference import VineyardReference
+from fluid_airflow.vineyard.lifecycle.delete import delete_named, holder_client
 
 log = logging.getLogger(__name__)
 
@@ -128,49 +129,8 @@ def local_object(client: Any, ref: VineyardReference, holder: int) -> tuple[Any,
     return client, copy
 
 
-def holder_client(endpoint: str, timeout: float) -> Any:
-    """A vineyard RPC client of the instance at ``endpoint`` (``host:port``), probed first."""
-    from fluid_airflow.hooks.vineyard import VineyardHook
-
-    return VineyardHook(rpc_endpoint=endpoint, timeout=timeout).get_conn()
-
-
-def delete_on_holder(client: Any, object_id: Any) -> None:
-    """Delete ``object_id`` through the instance that holds it (over RPC when it is another one).
-
-    A delete through another instance frees the memory but leaves the holder believing a
-    migrated copy still exists (see :func:`local_object`), so the holder is asked itself when
-    it answers; otherwise the delete goes through ``client``.
-    """
-    holder = int(client.get_meta(object_id).instance_id)
-    if holder != int(client.instance_id):
-        endpoint = str(client.meta.get(holder, {}).get("rpc_endpoint", ""))
-        try:
-            holder_client(endpoint, float(client.timeout_seconds)).delete(object_id)
-            return
-        except Exception as exc:  # unreachable holder: the delete still frees the payload
-            log.warning(
-                "Deleting %r through instance %s, not its holder %s: %s",
-                object_id,
-                client.instance_id,
-                holder,
-                exc,
-            )
-    client.delete(object_id)
-
-
 def release_copies(client: Any, ref: VineyardReference) -> int:
     """Delete every recorded copy of ``ref``'s object, each through its holder; returns how many."""
-    import vineyard
-
-    deleted = 0
-    for name, object_id in client.list_names(
-        copies_pattern(ref.name, ref.object_id), limit=LIST_LIMIT
-    ).items():
-        client.drop_name(name)
-        try:
-            delete_on_holder(client, object_id)
-            deleted += 1
-        except vineyard.ObjectNotExistsException:
-            pass
-    return deleted
+    pattern = copies_pattern(ref.name, ref.object_id)
+    copies = client.list_names(pattern, limit=LIST_LIMIT).items()
+    return sum(delete_named(client, name, object_id) for name, object_id in copies)

@@ -15,6 +15,7 @@ from typing import Any
 from fluid_airflow import config
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data.naming import run_name_prefix
+from fluid_airflow.vineyard.lifecycle.delete import delete_named
 from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 
 
@@ -75,21 +76,3 @@ def release_run(
         if not dry_run:
             delete_named(client, name, object_id)
     return report
-
-
-def delete_named(client: Any, name: str, object_id: Any) -> None:
-    """Delete the object, and its name if that still points at it.
-
-    The one delete of a named XCom object (release, gc, the backend's purge and re-put): between
-    listing a name and deleting it, a retried or cleared task may have repointed the name to its
-    new object, which must stay.
-    ``client.delete`` of an object already gone is a silent no-op (docs/design.md §2).
-    """
-    import vineyard
-
-    try:
-        if client.get_name(name) == object_id:
-            client.drop_name(name)
-    except vineyard.ObjectNotExistsException:
-        pass
-    client.delete(object_id)
