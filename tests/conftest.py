@@ -44,6 +44,32 @@ AIRFLOW_ENV = {
 }
 os.environ.update(AIRFLOW_ENV)
 
+#: Test files that need the real Kubernetes control plane (scripts/test.sh runs them beside the others).
+CONTROL_PLANE_FILES = ("test_controlplane.py", "test_k8s_")
+#: Fixtures that start something real: a daemon, Airflow's DB, a deployment, the control plane.
+INTEGRATION_FIXTURES = frozenset(
+    {
+        "vineyardd", "vineyard_client", "airflow_db", "dagbag", "run_dag", "runtime", "deployment",
+        "make_deployment", "cluster", "control_plane",
+    }
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it needs, so that ``-m "not integration"`` is the fast unit tests alone:
+    ``controlplane`` (the real Kubernetes control plane), ``integration`` (anything real started: these,
+    deployment tests, tests using a daemon fixture, and modules that mark themselves)."""
+    for item in items:
+        if item.path.name.startswith(CONTROL_PLANE_FILES):
+            item.add_marker(pytest.mark.controlplane)
+        uses = set(getattr(item, "fixturenames", ()))
+        if (
+            item.get_closest_marker("controlplane")
+            or item.get_closest_marker("deployment")
+            or uses & INTEGRATION_FIXTURES
+        ):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(autouse=True)
 def _kubernetes_default_configuration():

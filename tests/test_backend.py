@@ -208,6 +208,7 @@ def test_pushed_reference_is_kept_as_is(vineyardd):
     assert push(db_value, key="again") == db_value
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_importing_backend_does_not_import_or_connect_vineyard():
     code = (
         "import sys; import fluid_airflow.vineyard.xcom, fluid_airflow.hooks.vineyard; "

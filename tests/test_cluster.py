@@ -25,6 +25,8 @@ from fluid_airflow.vineyard.lifecycle.release import release_run
 from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
+pytestmark = pytest.mark.integration  # fresh interpreters, venvs, daemons
+
 DAG, RUN = "fa_cluster", "manual__cluster"
 
 

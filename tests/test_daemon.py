@@ -267,6 +267,7 @@ def test_timeout_kills_the_daemon(runtime):
     assert not (runtime / "vineyardd.pid").exists()
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_find_vineyardd_does_not_import_vineyard():
     code = (
         "import sys; from fluid_airflow.vineyard.local.resources import find_vineyardd; "

@@ -117,6 +117,7 @@ def test_concurrent_runs_of_one_dag_do_not_see_each_other(vineyardd):
             assert json.loads(raw) == {"token": token, "values": [float(token)]}
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_airflow_lists_the_provider_and_its_connection_types():
     listed = subprocess.run(
         [str(BIN / "airflow"), "providers", "list"], capture_output=True, text=True, check=True
@@ -130,6 +131,7 @@ def test_airflow_lists_the_provider_and_its_connection_types():
     assert "fluid_airflow.hooks.fluid.FluidHook" in rows["fluid"]
 
 
+@pytest.mark.integration  # a fresh interpreter per case
 @pytest.mark.parametrize("lazy", ["True", "False"])
 def test_the_plugin_is_registered_once(lazy):
 

@@ -26,6 +26,8 @@ import fluid_airflow
 from fluid_airflow.fluid import manifests
 from fluid_airflow.runner.local_run import runner_environment
 
+pytestmark = pytest.mark.integration  # fresh interpreters, venvs, daemons
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "deploy" / "image"
 DOCKERFILE = IMAGE / "Dockerfile"

@@ -70,6 +70,7 @@ def test_main_exits_3_with_the_preflight_message(clean_env, tmp_path, capsys):
     assert not (tmp_path / "out.json").exists()
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_runner_environment_lets_the_runner_import_airflow_under_the_supervisor():
     """The task supervisor's environment (DB blocked, server context) kills a fresh interpreter
     that imports Airflow; the runner's environment must not."""

@@ -11,6 +11,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.integration  # fresh interpreters, venvs, daemons
+
 CHECK = textwrap.dedent(
     """
     import sys
