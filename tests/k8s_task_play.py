@@ -148,11 +148,16 @@ def play_task_container(plane: ControlPlane, pod: Any, volumes: dict[str, Path],
     for folder in volumes.values():  # kwok execs the sidecar's `cat` as uid 65534
         for written in folder.glob("*.json"):
             written.chmod(0o644)
-    annotations = {ANNOTATION_EXIT_CODE: str(done.returncode), ANNOTATION_RUN_FOR: "100ms"}
+    finish_container(plane, pod, done.returncode)
+    return done.returncode
+
+
+def finish_container(plane: ControlPlane, pod: Any, code: int) -> None:
+    """Make kwok end ``pod``'s ``base`` container now with exit code ``code`` (our stage reads both)."""
+    annotations = {ANNOTATION_EXIT_CODE: str(code), ANNOTATION_RUN_FOR: "100ms"}
     plane.core_v1().patch_namespaced_pod(
         pod.metadata.name, pod.metadata.namespace, {"metadata": {"annotations": annotations}}
     )
-    return done.returncode
 
 
 def _path_map(pod: Any, container: Any, volumes: dict[str, Path], rootfs: Path) -> Any:

@@ -1,4 +1,5 @@
-"""``@task.fluid`` on the real control plane, sync and deferrable (defect 4 of issue 15).
+"""``@task.fluid`` on the real control plane, sync and deferrable (defect 4 of issue 15); off the cache nodes
+over RPC with the first worker down (defect 9), and with ``do_xcom_push=False`` (defect 10).
 
 A Dataset is bound by Fluid's own controllers; the task pod is created by KubernetesPodOperator, placed by the
 real kube-scheduler on a kwok node (it mounts the Dataset's PVC) and completed by our kwok stages
@@ -35,7 +36,15 @@ from controlplane import ControlPlane
 from controlplane.fixtures import control_plane  # noqa: F401 - the session fixture
 from controlplane.kwok_config import ANNOTATION_RUN_FOR
 from k8s_plane import NODE_CAPACITY, connected, make_namespace, wait_for
-from k8s_task_play import cluster_dns, play_fuse, play_task_container, rpc_conf, task_pod, tcp_relay
+from k8s_task_play import (
+    cluster_dns,
+    finish_container,
+    play_fuse,
+    play_task_container,
+    rpc_conf,
+    task_pod,
+    tcp_relay,
+)
 
 from fluid_airflow.decorators import runner
 from fluid_airflow.decorators.fluid import SPEC_ENV
@@ -247,11 +256,14 @@ def _execute_while_playing(plane: ControlPlane, op: Any, dag: Any, play: Any) ->
     played: list[Any] = []
 
     def player() -> None:
+        pod = None
         try:
             pod = task_pod(plane, NS, op.task_id)
             played.extend((pod, play(pod)))
         except BaseException as exc:
             played.append(exc)
+            if pod is not None:  # the task fails now rather than when kwok's run-for ends
+                finish_container(plane, pod, 1)
 
     thread = threading.Thread(target=player)
     with connected(CONN, plane.admin_kubeconfig, NS):
@@ -311,10 +323,12 @@ def test_off_cache_task_uses_the_next_rpc_endpoint_when_the_first_worker_is_down
     ]
     assert is_reference(result), result  # stored by the vineyardd behind the second endpoint
     client = VineyardHook(ipc_socket=str(rpc_vineyardd.socket_path)).get_conn()
-    with use_client(client):
-        value = VineyardXComBackend.deserialize_value(SimpleNamespace(value=result))
-    assert value.shape == (1 << 16,) and value.tolist() == list(range(1 << 16))
-    close_clients(str(rpc_vineyardd.socket_path))
+    try:
+        with use_client(client):
+            value = VineyardXComBackend.deserialize_value(SimpleNamespace(value=result))
+        assert value.shape == (1 << 16,) and value.tolist() == list(range(1 << 16))
+    finally:
+        close_clients(str(rpc_vineyardd.socket_path))  # or its stop waits for SIGKILL
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
