@@ -247,6 +247,22 @@ def runtime():
         remove_and_check_nothing_runs(path)
 
 
+@pytest.fixture
+def rpc_vineyardd(runtime, free_tcp_port):
+    """A vineyardd (64 MiB) also serving RPC on a free port: ``.port``, ``.socket_path`` (its IPC socket) and
+    ``.daemon``. vineyardd binds the port on every interface: test data only."""
+    from types import SimpleNamespace
+
+    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
+
+    daemon = LocalVineyardd(runtime)
+    daemon.start("64Mi", rpc_port=free_tcp_port, allow_public_rpc=True)
+    try:
+        yield SimpleNamespace(daemon=daemon, port=free_tcp_port, socket_path=daemon.socket_path)
+    finally:
+        daemon.stop()
+
+
 def remove_and_check_nothing_runs(path: Path) -> None:
     """Kill any process still naming ``path``, remove the folder, then fail if one was found."""
     leaked = processes_naming(str(path))

@@ -93,28 +93,15 @@ def test_runner_environment_lets_the_runner_import_airflow_under_the_supervisor(
     assert fixed.returncode == 0 and fixed.stdout.strip() == "ok", fixed.stderr
 
 
-@pytest.fixture
-def rpc_vineyardd(runtime, free_tcp_port):
-    """A vineyardd serving RPC on a free port (vineyardd binds it on every interface: test data only)."""
-    from fluid_airflow.vineyard.local.daemon import LocalVineyardd
-
-    daemon = LocalVineyardd(runtime)
-    daemon.start("64Mi", rpc_port=free_tcp_port, allow_public_rpc=True)
-    try:
-        yield free_tcp_port
-    finally:
-        daemon.stop()
-
-
 def test_rpc_fallback_tries_every_endpoint(clean_env, rpc_vineyardd, tmp_path):
     """Issue 15 defect 9: as vineyard's own client, the runner tries each RPCEndpoint in order (here the first
     refuses) and uses the first that answers."""
     config = tmp_path / "vineyard-config.yaml"
-    endpoints = f"127.0.0.1:1, 127.0.0.1:{rpc_vineyardd}"
+    endpoints = f"127.0.0.1:1, 127.0.0.1:{rpc_vineyardd.port}"
     config.write_text(f"Vineyard:\n  IPCSocket: vineyard-worker.sock\n  RPCEndpoint: '{endpoints}'\n")
     clean_env.setenv("VINEYARD_CONFIG", str(config))
     client = runner.connect()
-    assert client.status.instance_id == 0 and client.rpc_endpoint.endswith(f":{rpc_vineyardd}")
+    assert client.status.instance_id == 0 and client.rpc_endpoint.endswith(f":{rpc_vineyardd.port}")
 
 
 def test_rpc_fallback_names_every_endpoint_when_none_answers(clean_env, tmp_path):
