@@ -13,7 +13,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
@@ -22,6 +22,9 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard.client import calls
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 # Clients by (pid, endpoint). A forked child must not use its parent's client (the socket and
 # the client's state belong to the parent), so entries of another pid are ignored and replaced.
@@ -141,7 +144,7 @@ class VineyardHook(BaseHook):
         )
 
 
-def _alive(client: Any) -> bool:
+def _alive(client: Client) -> bool:
     """One round trip (~0.1 ms): a restarted vineyardd leaves clients that still say connected
     but fail their next call with a broken pipe (docs/design.md §11). Bounded by the client's
     ``timeout_seconds``."""

@@ -25,7 +25,10 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 MIN_FREE_BYTES = 16 << 20  # vineyardd must have at least this much shared memory left
 
@@ -136,7 +139,7 @@ def _resolve(value: Any) -> Any:
     return value
 
 
-def run(spec: dict[str, Any], client: Any, store: bool = True) -> Any:
+def run(spec: dict[str, Any], client: Client, store: bool = True) -> Any:
     """Resolve the arguments, call the function, store the result; returns the XCom value.
 
     :param store: False (``do_xcom_push=False``): the result is discarded and None returned, so

@@ -12,7 +12,7 @@ import logging
 import socket
 from collections import namedtuple
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
@@ -25,12 +25,15 @@ from fluid_airflow.vineyard.data.reference import VineyardReference
 from fluid_airflow.vineyard.lifecycle import admission, inflight, migration
 from fluid_airflow.vineyard.lifecycle.delete import delete_named
 
+if TYPE_CHECKING:
+    from vineyard import Client
+
 log = logging.getLogger(__name__)
 
 _Result = namedtuple("_Result", ["value"])
 
 
-def put(client: Any, encoded: codec.Encoded, original: Any, scope: XComScope) -> VineyardReference:
+def put(client: Client, encoded: codec.Encoded, original: Any, scope: XComScope) -> VineyardReference:
     """Put ``encoded`` (made from ``original``) under its run-scoped name and return the reference.
 
     The put is read back and checked before the name is published; a failure deletes it. A
@@ -47,7 +50,7 @@ def put(client: Any, encoded: codec.Encoded, original: Any, scope: XComScope) ->
         return _put(client, encoded, original, scope)
 
 
-def _put(client: Any, encoded: codec.Encoded, original: Any, scope: XComScope) -> VineyardReference:
+def _put(client: Client, encoded: codec.Encoded, original: Any, scope: XComScope) -> VineyardReference:
     import vineyard
 
     name = scope.object_name(config.get("name_prefix"))
@@ -88,7 +91,7 @@ def _put(client: Any, encoded: codec.Encoded, original: Any, scope: XComScope) -
 
 
 def _checked_reference(
-    client: Any,
+    client: Client,
     object_id: Any,
     encoded: codec.Encoded,
     original: Any,
@@ -155,7 +158,7 @@ def _expiry() -> str:
     return when(ok) if ok == failed else f"{when(ok)}; if the run fails, {when(failed)}"
 
 
-def _fresh(client: Any) -> Any:
+def _fresh(client: Client) -> Any:
     """A new connection to ``client``'s vineyardd: after a timed-out call vineyard's client is
     disconnected, and deleting a failed put's objects needs one (measured: with etcd down a
     transient object still deletes at once)."""
@@ -166,14 +169,14 @@ def _fresh(client: Any) -> Any:
     return VineyardHook(ipc_socket=str(client.ipc_socket)).get_conn()
 
 
-def _hostname(client: Any) -> str:
+def _hostname(client: Client) -> str:
     try:
         return str(client.meta[client.instance_id]["hostname"])
     except Exception:
         return socket.gethostname()
 
 
-def resolve(client: Any, ref: VineyardReference) -> Any:
+def resolve(client: Client, ref: VineyardReference) -> Any:
     """Fetch the object behind ``ref`` and rebuild the producer's value (zero-copy views).
 
     :raises VineyardObjectLostError: no object with the reference's id, its type changed, or the
@@ -185,7 +188,7 @@ def resolve(client: Any, ref: VineyardReference) -> Any:
         return _get(client, ref)
 
 
-def _get(client: Any, ref: VineyardReference) -> Any:
+def _get(client: Client, ref: VineyardReference) -> Any:
     import vineyard
 
     object_id = vineyard.ObjectID(ref.object_id)
@@ -210,7 +213,7 @@ def _get(client: Any, ref: VineyardReference) -> Any:
     return codec.decode(client.get(object_id), ref)
 
 
-def _migrate(client: Any, ref: VineyardReference, holder: int) -> tuple[Any, Any]:
+def _migrate(client: Client, ref: VineyardReference, holder: int) -> tuple[Any, Any]:
     """``(reader, object_id)`` of a local copy of ``ref``'s object, which another instance holds.
 
     The holder's RPC endpoint is probed first: our vineyardd would otherwise wait for a dead
@@ -231,7 +234,7 @@ def _migrate(client: Any, ref: VineyardReference, holder: int) -> tuple[Any, Any
         ) from exc
 
 
-def _holder_gone(client: Any, holder: int) -> str | None:
+def _holder_gone(client: Client, holder: int) -> str | None:
     """Why the vineyardd instance ``holder`` cannot have the payload, or None if it may.
 
     With etcd metadata an object's entry outlives its vineyardd: a restarted vineyardd joins as a
@@ -272,7 +275,7 @@ def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
     )
 
 
-def release(client: Any, ref: VineyardReference) -> bool:
+def release(client: Client, ref: VineyardReference) -> bool:
     """Delete the object behind ``ref``, its name and its migrated copies.
 
     Only the object the name points at is deleted: when the name is gone or points at another
@@ -305,7 +308,7 @@ def release(client: Any, ref: VineyardReference) -> bool:
         return existed
 
 
-def _exists(client: Any, object_id: Any) -> bool:
+def _exists(client: Client, object_id: Any) -> bool:
     import vineyard
 
     try:

@@ -49,6 +49,9 @@ from fluid_airflow.vineyard.data.reference import VineyardReference, is_referenc
 from fluid_airflow.vineyard.lifecycle import migration
 
 if TYPE_CHECKING:
+    from vineyard import Client
+
+if TYPE_CHECKING:
     from fluid_airflow.hooks.vineyard import VineyardHook
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ def references_only() -> Iterator[None]:
 
 
 @contextmanager
-def use_client(client: Any) -> Iterator[None]:
+def use_client(client: Client) -> Iterator[None]:
     """Within this block the backend stores and loads through ``client`` (a vineyard Client)."""
     token = _client_override.set(client)
     try:

@@ -26,9 +26,12 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow import exceptions as errors
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 _LENGTH = struct.Struct("<Q")
 
@@ -120,7 +123,7 @@ def is_connection_failure(exc: BaseException) -> bool:
     )
 
 
-def describe(client: Any) -> str:
+def describe(client: Client) -> str:
     """``ipc <socket>`` or ``rpc <host:port>`` of a connected client, for messages (no IPC)."""
     try:
         return f"ipc {client.ipc_socket}" if client.is_ipc else f"rpc {client.rpc_endpoint}"
@@ -129,7 +132,7 @@ def describe(client: Any) -> str:
 
 
 @contextlib.contextmanager
-def guarded(client: Any, action: str) -> Iterator[None]:
+def guarded(client: Client, action: str) -> Iterator[None]:
     """Turn a Vineyard connection failure inside the block into a named, retryable error.
 
     :param client: the ``vineyard.Client`` the block uses (its endpoint and ``timeout_seconds``

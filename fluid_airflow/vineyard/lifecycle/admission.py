@@ -27,7 +27,7 @@ Measurements behind the margin (vineyard 0.24.2, ``--meta local``, 64Mi store, t
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
@@ -35,6 +35,9 @@ from fluid_airflow import exceptions as errors
 from fluid_airflow.units import format_bytes
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data import naming
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 MARGIN_BYTES = 64 * 1024  # fixed slack on top of the estimate (see the module docstring)
 MARGIN_FRACTION = 0.01  # plus 1% of the estimate
@@ -111,7 +114,7 @@ def _arrow_nbytes(data: Any) -> int:
     return total
 
 
-def holders(client: Any, prefix: str) -> list[Holder]:
+def holders(client: Client, prefix: str) -> list[Holder]:
     """Shared memory held by the backend's named objects, by DAG run, largest first.
 
     Sums ``ObjectMeta.memory_usage`` of every object named ``<prefix>/<dag>/<run>/...`` in
@@ -148,7 +151,7 @@ def required_bytes(needed: int) -> int:
 
 
 def check_room(
-    client: Any,
+    client: Client,
     needed: int,
     *,
     what: str,
@@ -194,7 +197,7 @@ def check_room(
 
 
 def out_of_memory(
-    client: Any,
+    client: Client,
     needed: int,
     *,
     what: str,
@@ -238,7 +241,7 @@ def out_of_memory(
 
 
 def _measure(
-    client: Any, prefix: str, status: tuple[int, int] | None
+    client: Client, prefix: str, status: tuple[int, int] | None
 ) -> tuple[int | None, int | None, list[Holder], str]:
     """``(limit, used, holders, cause_text)``; what could not be queried is None/empty and
     ``cause_text`` says why (the store is full, not necessarily broken: report what we have)."""
@@ -303,7 +306,7 @@ def _amount(n: int | None) -> str:
     return "an unknown amount" if n is None else f"{format_bytes(n)} ({n} bytes)"
 
 
-def _where(client: Any) -> str:
+def _where(client: Client) -> str:
     try:
         return f" at {client.ipc_socket}" if client.is_ipc else f" at {client.rpc_endpoint}"
     except Exception:

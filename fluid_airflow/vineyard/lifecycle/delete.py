@@ -7,12 +7,15 @@ Used by run-end release, ``gc``, the backend's purge and re-put, copies' release
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 log = logging.getLogger(__name__)
 
 
-def delete_named(client: Any, name: str, object_id: Any) -> bool:
+def delete_named(client: Client, name: str, object_id: Any) -> bool:
     """Delete the object through its holder, and its name if that still points at it; False when the
     object was already gone.
 
@@ -41,7 +44,7 @@ def holder_client(endpoint: str, timeout: float) -> Any:
     return VineyardHook(rpc_endpoint=endpoint, timeout=timeout).get_conn()
 
 
-def delete_on_holder(client: Any, object_id: Any) -> None:
+def delete_on_holder(client: Client, object_id: Any) -> None:
     """Delete ``object_id`` through the instance that holds it (over RPC when it is another one).
 
     A delete through another instance frees the memory but leaves the holder believing a migrated copy

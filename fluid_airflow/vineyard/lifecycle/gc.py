@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow import config
 from fluid_airflow.units import format_bytes
@@ -38,6 +38,9 @@ from fluid_airflow.vineyard.lifecycle.delete import delete_named
 from fluid_airflow.vineyard.lifecycle.metadb import FINISHED_RUN_STATES, runs_with_xcom_values
 from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 from fluid_airflow.vineyard.lifecycle.reclaim import Reclaimed, reclaim
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 REASONS = {
     "run_deleted": "its DAG run no longer exists",
@@ -129,7 +132,7 @@ def _decide(facts: tuple[Any, set[str]] | None, object_id: str, keep_for: int | 
 
 
 def collect(
-    client: Any,
+    client: Client,
     *,
     dag_id: str | None = None,
     dry_run: bool = False,

@@ -35,9 +35,12 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow.vineyard.lifecycle import journal, reclaim
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 class Put:
     """What one put has created so far, recorded as it happens (see :func:`tracked`)."""
 
-    def __init__(self, client: Any, folder: Path | None) -> None:
+    def __init__(self, client: Client, folder: Path | None) -> None:
         self.client = client
         self.folder = folder
         self.path: Path | None = None
@@ -131,7 +134,9 @@ class Put:
 
 
 @contextlib.contextmanager
-def tracked(client: Any, needed: int, name: str, admit: Any = None, reconnect: Any = None) -> Iterator[Put]:
+def tracked(
+    client: Client, needed: int, name: str, admit: Any = None, reconnect: Any = None
+) -> Iterator[Put]:
     """Record what the put inside this block creates; roll it back if the block fails.
 
     :param needed: bytes the put will allocate (0: no admission, e.g. a migration).

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow import config
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
@@ -32,6 +32,9 @@ from fluid_airflow.vineyard.data.reference import VineyardReference
 from fluid_airflow.vineyard.data.tree import referenced_ids, references_in
 from fluid_airflow.vineyard.lifecycle.metadb import FINISHED_RUN_STATES, recent_runs_with_xcom_values
 from fluid_airflow.vineyard.lifecycle.migration import held_bytes
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 RECENT_RUNS = 50  # finished runs listed even when nothing of them is held any more
 
@@ -104,7 +107,7 @@ def _refs(value: Any) -> list[VineyardReference]:
     return [VineyardReference.from_json(r) for r in references_in(value)]
 
 
-def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
+def collect(client: Client, dag_ids: set[str] | None = None) -> list[RunHoldings]:
     """The backend's objects per DAG run, most recent runs first.
 
     :param dag_ids: only these DAGs (the DAGs the user may read); None: all.
@@ -136,7 +139,7 @@ def collect(client: Any, dag_ids: set[str] | None = None) -> list[RunHoldings]:
 
 
 def _add_named(
-    client: Any,
+    client: Client,
     dag_ids: set[str] | None,
     referenced: dict[str, VineyardReference],
     run: Callable[[str, str], RunHoldings],
@@ -214,7 +217,7 @@ def _add_unnamed(
             )  # fmt: skip
 
 
-def instances(client: Any) -> list[dict[str, Any]]:
+def instances(client: Client) -> list[dict[str, Any]]:
     """Each vineyardd of the client's cluster: id, host, RPC endpoint, and used/limit bytes when
     it can be asked (the connected one, and others whose IPC socket is on this host)."""
     from pathlib import Path
@@ -253,7 +256,7 @@ def instances(client: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _unnamed(client: Any, used: int) -> dict[str, int]:
+def _unnamed(client: Client, used: int) -> dict[str, int]:
     """Bytes no name reaches in ``client``'s vineyardd, and puts in flight there.
 
     ``used`` minus the bytes of every blob a name reaches: this counts unsealed blobs too, which

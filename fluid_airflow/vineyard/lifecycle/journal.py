@@ -20,14 +20,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 STALE_AFTER = 3600.0  # seconds: a journal of another host (pid unknown here) is treated as dead
 
 
-def journal_dir(client: Any) -> Path | None:
+def journal_dir(client: Client) -> Path | None:
     """``<socket>.inflight/`` of ``client``'s vineyardd (created 0700), or None when unusable."""
     if not getattr(client, "is_ipc", False):
         return None

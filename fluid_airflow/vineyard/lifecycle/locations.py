@@ -12,7 +12,7 @@ of its entry in the cluster table ``Client.meta``. Object-level affinity
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
@@ -20,6 +20,9 @@ from fluid_airflow.vineyard.data import inline
 from fluid_airflow.vineyard.data.naming import copies_pattern
 from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
 from fluid_airflow.vineyard.data.tree import is_tree, references_in
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 
 @dataclass
@@ -48,7 +51,7 @@ def _references(refs: Any) -> list[VineyardReference]:
     )
 
 
-def locate(client: Any, refs: Any) -> dict[int, Holding]:
+def locate(client: Client, refs: Any) -> dict[int, Holding]:
     """Bytes held per instance for ``refs`` (originals and recorded copies), largest first.
 
     Objects that no longer exist are left out (reading them is the lost-object error).
@@ -79,7 +82,7 @@ def locate(client: Any, refs: Any) -> dict[int, Holding]:
     return dict(sorted(held.items(), key=lambda item: (-item[1].bytes, item[0])))
 
 
-def host_bytes(client: Any, refs: Any) -> dict[str, int]:
+def host_bytes(client: Client, refs: Any) -> dict[str, int]:
     """Bytes held per host for ``refs``, largest first (several instances may share a host)."""
     totals: dict[str, int] = {}
     for holding in locate(client, refs).values():

@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.observability.stats import Stats  # at import: not inside a measured read
 
@@ -32,6 +32,9 @@ from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data.naming import copies_pattern, copy_object_name
 from fluid_airflow.vineyard.data.reference import VineyardReference
 from fluid_airflow.vineyard.lifecycle.delete import delete_named, holder_client
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def count(kind: str, ref: VineyardReference, detail: str = "") -> None:
         log.debug("Airflow metrics unavailable", exc_info=True)
 
 
-def same_cluster(client: Any, ref: VineyardReference) -> bool:
+def same_cluster(client: Client, ref: VineyardReference) -> bool:
     """True when the vineyardd that stored ``ref`` is a member of ``client``'s cluster (shared etcd).
 
     The cluster's instance table (``client.meta``) then lists an instance with the IPC socket the
@@ -85,7 +88,7 @@ def same_cluster(client: Any, ref: VineyardReference) -> bool:
         return False
 
 
-def local_object(client: Any, ref: VineyardReference, holder: int) -> tuple[Any, Any]:
+def local_object(client: Client, ref: VineyardReference, holder: int) -> tuple[Any, Any]:
     """Where to read ``ref``'s object from: a copy on ``client``'s own instance, migrated if needed.
 
     :param holder: the instance id that holds the original (from its metadata).
@@ -129,7 +132,7 @@ def local_object(client: Any, ref: VineyardReference, holder: int) -> tuple[Any,
     return client, copy
 
 
-def release_copies(client: Any, ref: VineyardReference) -> int:
+def release_copies(client: Client, ref: VineyardReference) -> int:
     """Delete every recorded copy of ``ref``'s object, each through its holder; returns how many."""
     pattern = copies_pattern(ref.name, ref.object_id)
     copies = client.list_names(pattern, limit=LIST_LIMIT).items()

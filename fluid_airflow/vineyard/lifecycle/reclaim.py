@@ -15,17 +15,20 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.lifecycle import blob_ids, journal
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 log = logging.getLogger(__name__)
 
 EMPTY_BLOB = "o8000000000000000"  # vineyardd's shared empty blob: never deleted
 
 
-def delete_all(client: Any, metas: list[Any], blobs: list[Any], guessed: Sequence[Any] = ()) -> bool:
+def delete_all(client: Client, metas: list[Any], blobs: list[Any], guessed: Sequence[Any] = ()) -> bool:
     """Delete metadata objects without their members (a member may be another object's blob,
     reused by vineyard's ``find_shared_memory``), then blobs; the caller passes only ids no
     name reaches.
@@ -66,7 +69,9 @@ class Reclaimed:
         }
 
 
-def reclaim(client: Any, *, dry_run: bool = False, unnamed: bool = True, locked: bool = False) -> Reclaimed:
+def reclaim(
+    client: Client, *, dry_run: bool = False, unnamed: bool = True, locked: bool = False
+) -> Reclaimed:
     """Free what no name reaches in ``client``'s vineyardd, unless a put is in flight there.
 
     :param unnamed: also delete sealed objects of this instance that no name reaches (not only
@@ -118,7 +123,7 @@ def reclaim(client: Any, *, dry_run: bool = False, unnamed: bool = True, locked:
         return result
 
 
-def reachable_bytes(client: Any) -> int:
+def reachable_bytes(client: Client) -> int:
     """Bytes of the blobs of this instance that some name reaches."""
     own = int(client.instance_id)
     reachable = reachable_ids(client)
@@ -129,7 +134,7 @@ def reachable_bytes(client: Any) -> int:
     )
 
 
-def reachable_ids(client: Any) -> set[str]:
+def reachable_ids(client: Client) -> set[str]:
     """Ids (``repr``) of every object a name reaches, members included, across the cluster."""
     import vineyard
 

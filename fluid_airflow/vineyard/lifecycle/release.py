@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluid_airflow import config
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data.naming import run_name_prefix
 from fluid_airflow.vineyard.lifecycle.delete import delete_named
 from fluid_airflow.vineyard.lifecycle.migration import held_bytes
+
+if TYPE_CHECKING:
+    from vineyard import Client
 
 
 @dataclass
@@ -33,14 +36,14 @@ class ReleaseReport:
         return len(self.names)
 
 
-def run_objects(client: Any, dag_id: str, run_id: str) -> dict[str, Any]:
+def run_objects(client: Client, dag_id: str, run_id: str) -> dict[str, Any]:
     """``{name: ObjectID}`` of the XCom objects of one DAG run in ``client``'s vineyardd."""
     prefix = run_name_prefix(prefix=config.get("name_prefix"), dag_id=dag_id, run_id=run_id)
     return dict(client.list_names(prefix + "*", limit=LIST_LIMIT).items())
 
 
 def release_run(
-    client: Any,
+    client: Client,
     dag_id: str,
     run_id: str,
     *,
