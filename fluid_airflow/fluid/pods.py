@@ -25,7 +25,7 @@ from kubernetes.client import models as k8s
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests
 from fluid_airflow.vineyard.data import inline, tree
-from fluid_airflow.vineyard.data.reference import VineyardReference, is_reference
+from fluid_airflow.vineyard.data.reference import VineyardReference
 
 AFFINITY_MODES = ("required", "preferred", "none")
 DATA_AFFINITY_WEIGHT = 100  # as Fluid's webhook plugin NodeAffinityWithCache (docs/design.md §19)
@@ -246,10 +246,8 @@ def _flatten(refs: Any, where: str) -> Iterable[tuple[str, int, str]]:
     """``(host, bytes, where)`` for every reference in ``refs``."""
     if isinstance(refs, VineyardReference):
         yield refs.host, refs.bytes, where
-    elif tree.is_tree(refs):  # compact references carry no host: nothing to place
-        yield from (("", 0, where) for _ in tree.tree_refs(refs))
-    elif is_reference(refs):
-        yield refs.get("host") or "", refs.get("bytes", 0), where
+    elif found := tree.references_in(refs):  # a reference, or a tree's compact ones (no host: not placed)
+        yield from ((r.get("host") or "", r.get("bytes", 0), where) for r in found)
     elif inline.is_inline(refs):  # a small value kept in Airflow's DB: nothing to place
         return
     elif isinstance(refs, (list, tuple)):
