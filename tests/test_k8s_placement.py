@@ -12,6 +12,8 @@ The worker's own memory request is dropped by Fluid's chart for this 32Gi quota 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.metadata
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import TaskDeferred
 from controlplane import ControlPlane
 from controlplane.fixtures import control_plane  # noqa: F401 - the session fixture
 from k8s_plane import NODE_CAPACITY, connected, make_namespace, read_fluid, wait_for
@@ -87,8 +90,8 @@ def _ref(host: str, size: int) -> dict[str, Any]:
     ).to_json()  # fmt: skip
 
 
-def _run(plane: ControlPlane, task_id: str, **kw: Any) -> client.V1Pod:
-    """Run a FluidPodOperator to the end (kwok completes its pod) and return the pod it created."""
+def _operator(plane: ControlPlane, task_id: str, **kw: Any) -> tuple[FluidPodOperator, dict[str, Any]]:
+    """A FluidPodOperator on the pool (kwok completes its pod) and the context to execute it with."""
     from airflow.sdk import DAG
 
     with DAG(f"fa_place_{task_id}", schedule=None) as dag:
@@ -99,10 +102,32 @@ def _run(plane: ControlPlane, task_id: str, **kw: Any) -> client.V1Pod:
         )  # fmt: skip
     ti = SimpleNamespace(dag_id=dag.dag_id, task_id=task_id, run_id="manual__place", map_index=-1,
                          try_number=1, xcom_push=lambda key, value: None)  # fmt: skip
+    return op, {"ti": ti, "run_id": ti.run_id, "dag": dag}
+
+
+def _run(plane: ControlPlane, task_id: str, **kw: Any) -> client.V1Pod:
+    """Run a FluidPodOperator to the end and return the pod it created."""
+    op, context = _operator(plane, task_id, **kw)
     with connected(CONN, plane.admin_kubeconfig, NS):
-        op.execute({"ti": ti, "run_id": ti.run_id, "dag": dag})
+        op.execute(context)
     (pod,) = plane.core_v1().list_namespaced_pod(NS, label_selector=f"task_id={task_id}").items
     return pod
+
+
+@contextlib.contextmanager
+def _cordoned(cache: SimpleNamespace) -> Iterator[None]:
+    core = cache.plane.core_v1()
+    core.patch_node(cache.node, {"spec": {"unschedulable": True}})
+    try:
+        yield
+    finally:
+        core.patch_node(cache.node, {"spec": {"unschedulable": False}})
+
+
+def _assert_names_the_affinity(message: str) -> None:
+    assert "data affinity is 'required'" in message, message
+    assert f"{CACHE_LABEL} In ['true']" in message, message
+    assert "Unschedulable" in message and "unschedulable" in message.split("Unschedulable", 1)[1], message
 
 
 def test_worker_pod_ip_is_what_vineyardd_reports_and_no_node_label(cache: SimpleNamespace):
@@ -140,23 +165,37 @@ def test_preferred_data_affinity_lands_on_the_cache_node(cache: SimpleNamespace)
 def test_required_data_affinity_with_the_cache_node_cordoned_fails_naming_it(cache: SimpleNamespace):
     """Build 5: with the cache node cordoned a ``required`` pod stays Pending, and the task fails after
     ``schedule_timeout_seconds`` with a message that names the affinity and the scheduler's reason."""
-    core = cache.plane.core_v1()
-    core.patch_node(cache.node, {"spec": {"unschedulable": True}})
-    try:
+    with _cordoned(cache):
         started = time.monotonic()
         with pytest.raises(errors.FluidSchedulingError) as failed:
             _run(cache.plane, "required", data_affinity="required", schedule_timeout_seconds=5,
                  startup_timeout_seconds=5)  # fmt: skip
         assert time.monotonic() - started < 60
         # While still cordoned: once the node is schedulable again the scheduler binds the pod there.
-        (pod,) = core.list_namespaced_pod(NS, label_selector="task_id=required").items
+        (pod,) = cache.plane.core_v1().list_namespaced_pod(NS, label_selector="task_id=required").items
         assert pod.status.phase == "Pending" and pod.spec.node_name is None
-    finally:
-        core.patch_node(cache.node, {"spec": {"unschedulable": False}})
-    message = str(failed.value)
-    assert "data affinity is 'required'" in message, message
-    assert f"{CACHE_LABEL} In ['true']" in message, message
-    assert "Unschedulable" in message and "unschedulable" in message.split("Unschedulable", 1)[1], message
+    _assert_names_the_affinity(str(failed.value))
+
+
+def test_deferrable_required_data_affinity_fails_naming_it_too(cache: SimpleNamespace):
+    """Build 5 in deferrable mode: the trigger reports the pod Pending past ``schedule_timeout_seconds`` as a
+    ``timeout`` event, and the resumed task fails with the same message as the sync path."""
+    op, context = _operator(cache.plane, "required-deferred", data_affinity="required", deferrable=True,
+                            schedule_timeout_seconds=5, startup_timeout_seconds=5)  # fmt: skip
+    with _cordoned(cache), connected(CONN, cache.plane.admin_kubeconfig, NS):
+        with pytest.raises(TaskDeferred) as deferred:
+            op.execute(context)
+        event = asyncio.run(_first_event(deferred.value.trigger))
+        assert event["status"] == "timeout", event
+        with pytest.raises(errors.FluidSchedulingError) as failed:
+            getattr(op, deferred.value.method_name)(context, event)
+    _assert_names_the_affinity(str(failed.value))
+
+
+async def _first_event(trigger: Any) -> dict[str, Any]:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger ended without an event")
 
 
 def test_worker_and_fuse_images_match_the_client(cache: SimpleNamespace):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
 from airflow.sdk.exceptions import AirflowNotFoundException
+from kubernetes.client import models as k8s
 
 from fluid_airflow import exceptions as errors
 from fluid_airflow.fluid import manifests, pods
@@ -96,8 +98,28 @@ class FluidPodOperator(KubernetesPodOperator):
         """
         self._require_kubernetes_backend()
         self._unscheduled: str | None = None
-        try:
+        with self._naming_an_unscheduled_pod():
             return super().execute(context)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        """As KPO's (deferrable mode); a pod the trigger saw time out Pending fails with
+        :class:`~fluid_airflow.exceptions.FluidSchedulingError` naming its data affinity.
+
+        The trigger reports a pod not started within ``schedule_timeout_seconds`` as a ``timeout`` event
+        (cncf-kubernetes 10.25 ``triggers/pod.py``, ``PodLaunchTimeoutException``); the pod is read before
+        KPO's cleanup deletes it.
+        """
+        self._unscheduled = None
+        if event.get("status") == "timeout":
+            where = k8s.V1ObjectMeta(name=event["name"], namespace=event["namespace"])
+            self._unscheduled = self._unscheduled_message(k8s.V1Pod(metadata=where))
+        with self._naming_an_unscheduled_pod():
+            return super().trigger_reentry(context, event)
+
+    @contextlib.contextmanager
+    def _naming_an_unscheduled_pod(self) -> Iterator[None]:
+        try:
+            yield
         except Exception as exc:
             if self._unscheduled:  # KPO's cleanup error hides why the pod never started: say it first
                 raise errors.FluidSchedulingError(f"{self._unscheduled}\n{exc}") from exc
