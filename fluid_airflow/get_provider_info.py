@@ -85,8 +85,19 @@ def _vineyard_connection() -> dict[str, Any]:
             "rpc_endpoint": {
                 "label": "RPC endpoint",
                 "schema": {"type": ["string", "null"]},
-                "description": "host:port of vineyardd's RPC service, used when no IPC socket "
-                "is set (copies data over TCP).",
+                "description": "host:port of vineyardd's RPC service (several: comma-separated, tried "
+                "in order), used when the IPC socket is not set or not on this host (copies data over TCP).",
+            },
+            "dataset": {
+                "label": "Fluid Dataset",
+                "schema": {"type": ["string", "null"]},
+                "description": "<namespace>/<name> of a Fluid Dataset: its workers over RPC, at the "
+                "endpoints Fluid publishes, when the IPC socket is not set or not on this host.",
+            },
+            "fluid_conn_id": {
+                "label": "Fluid connection",
+                "schema": {"type": ["string", "null"]},
+                "description": "The fluid connection that reads the Dataset's endpoints (fluid_default).",
             },
         },
         "ui-field-behaviour": {
@@ -96,6 +107,8 @@ def _vineyard_connection() -> dict[str, Any]:
             "placeholders": {
                 "ipc_socket": "/var/run/vineyard/vineyard-worker.sock",
                 "rpc_endpoint": "127.0.0.1:9600",
+                "dataset": "airflow/airflow-xcom",
+                "fluid_conn_id": "fluid_default",
                 "host": "127.0.0.1",
                 "port": "9600",
             },

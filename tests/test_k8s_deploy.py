@@ -195,8 +195,24 @@ def test_the_values_configure_the_backend_and_the_connections():
         "extra": {"backend": "kubernetes", "in_cluster": True, "namespace": NS},
     }
     assert json.loads(env["AIRFLOW_CONN_KUBERNETES_DEFAULT"])["extra"]["in_cluster"] is True
+    # The backend's connection: the socket where a worker pod has it, else the xcom Dataset over RPC (issue
+    # 17, build 4), so the scheduler releases at run end and keep_for / keep_failed_for keep their defaults.
+    assert env["AIRFLOW__FLUID__VINEYARD_CONN_ID"] == "vineyard_xcom"
+    vineyard = json.loads(env["AIRFLOW_CONN_VINEYARD_XCOM"])
+    assert vineyard == {
+        "conn_type": "vineyard",
+        "extra": {"ipc_socket": pods_socket(), "dataset": f"{NS}/{NAME}", "fluid_conn_id": "fluid_default"},
+    }
+    assert not fluid & {"keep_for", "keep_failed_for", "expiry_interval"}, fluid
     image = values["images"]["pod_template"]
     assert env["AIRFLOW_VAR_FLUID_TASK_IMAGE"] == f"{image['repository']}:{image['tag']}"
+
+
+def pods_socket() -> str:
+    """The socket worker pods are given (``[fluid] vineyard_socket`` of the values' ``workers.env``)."""
+    env = yaml.safe_load(VALUES.read_text())["workers"]["env"]
+    (socket,) = [e["value"] for e in env if e["name"] == "AIRFLOW__FLUID__VINEYARD_SOCKET"]
+    return str(socket)
 
 
 def test_a_template_pod_lands_on_a_cache_node_and_mounts_the_pvc(xcom_dataset: ControlPlane):  # noqa: F811

@@ -95,8 +95,8 @@ def cleanup() -> dict:
 
 
 def test_operators_run_under_the_documented_role(control_plane: ControlPlane):  # noqa: F811
-    """create, bind + wait, sensor, PVC lookup, UI phases, connection test and cleanup (deleting a pod that
-    mounts the PVC) all succeed as a ServiceAccount bound to deploy/rbac/role.yaml."""
+    """create, bind + wait, sensor, PVC lookup, RPC endpoints, UI phases, connection test and cleanup
+    (deleting a pod that mounts the PVC) all succeed as a ServiceAccount bound to deploy/rbac/role.yaml."""
     ns = "k8s-rbac"
     kubeconfig = limited(control_plane, ns, role_doc())
     control_plane.create_node("rbac-node", {"fluid-airflow.test/pool": "rbac"}, NODE_CAPACITY)
@@ -113,6 +113,7 @@ def test_operators_run_under_the_documented_role(control_plane: ControlPlane):  
         while hook.client.get_pvc(ns, NAME) is None and time.monotonic() < deadline:
             time.sleep(1)
         assert hook.client.get_pvc(ns, NAME) is not None
+        assert len(hook.rpc_endpoints(ns, NAME)) == 1  # the vineyard connection's `dataset` lookup
         claim_pod(control_plane, ns)
         result = cleanup()
     assert result == {"pods": ["user"], "dataset": True, "runtime": True}
@@ -131,6 +132,7 @@ NEEDS: dict[tuple[str, str], Callable[[str], object]] = {
     ("pods", "list"): lambda ns: FluidHook(CONN).readiness(ns, NAME),
     ("pods", "delete"): lambda ns: cleanup(),
     ("persistentvolumeclaims", "get"): lambda ns: FluidHook(CONN).client.get_pvc(ns, NAME),
+    ("configmaps", "get"): lambda ns: FluidHook(CONN).rpc_endpoints(ns, NAME),
 }
 
 

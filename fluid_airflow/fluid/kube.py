@@ -185,3 +185,11 @@ class KubernetesFluidClient:
             name, namespace,
         )  # fmt: skip
         return None if found is None else self._plain(found)
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap, or None."""
+        api = self.kube_hook.core_v1_client
+        found = self._call(
+            "get", "configmaps", namespace, name, api.read_namespaced_config_map, name, namespace
+        )
+        return None if found is None else self._plain(found)

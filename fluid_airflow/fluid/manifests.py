@@ -163,6 +163,19 @@ def worker_selector(name: str) -> str:
     return f"app=vineyard,role=vineyard-worker,release={name}"
 
 
+#: Key of :func:`rpc_conf_name`'s data: the runtime's worker RPC endpoints, comma-separated, in worker order.
+RPC_CONF_KEY = "VINEYARD_RPC_ENDPOINT"
+
+
+def rpc_conf_name(name: str) -> str:
+    """ConfigMap in which Fluid publishes VineyardRuntime ``name``'s worker RPC endpoints:
+    ``<name>-rpc-conf``, key :data:`RPC_CONF_KEY` =
+    ``<name>-worker-<i>.<name>-worker.<namespace>:<rpc port>`` for every replica ``i`` (Fluid v1.0.8
+    ``charts/vineyard/templates/config/vineyard-rpc-conf.yaml``; the chart's fullname is the runtime's
+    name: ``pkg/ddc/vineyard/transform.go`` sets ``fullnameOverride``)."""
+    return f"{name}-rpc-conf"
+
+
 def runtime_pods_selector(name: str) -> str:
     """Label selector of the master (etcd) and worker pods of VineyardRuntime ``name`` (Fluid v1.0.8
     ``charts/vineyard/templates/{master,worker}/statefulset.yaml``: ``role`` is ``vineyard-master`` or

@@ -175,6 +175,40 @@ class FluidHook(BaseHook):
             nodes.update({ip: node for ip in ips if ip and node})
         return nodes
 
+    def rpc_endpoints(self, namespace: str, name: str) -> list[str]:
+        """``host:port`` of every worker vineyardd of the VineyardRuntime ``namespace/name``, in worker order,
+        as Fluid publishes them for clients (ConfigMap :func:`~fluid_airflow.fluid.manifests.rpc_conf_name`,
+        key ``VINEYARD_RPC_ENDPOINT``; the Fluid fuse hands the same list to pods as ``RPCEndpoint``).
+
+        Needs RBAC ``get`` on ``configmaps`` in ``namespace`` (deploy/rbac/role.yaml).
+
+        :raises FluidSpecError: the local backend (its Datasets are reached by their socket), or the
+            ConfigMap is missing or lists no endpoint.
+        :raises FluidPermissionError: RBAC forbids reading the ConfigMap.
+        """
+        where = f"{namespace}/{manifests.rpc_conf_name(name)}"
+        if self.backend == "local":
+            socket = self.client.ipc_socket(namespace, name)
+            raise errors.FluidSpecError(
+                f"Dataset {namespace}/{name} runs on the local backend, which publishes no RPC endpoints: "
+                f"set the vineyard connection's ipc_socket to {socket} instead."
+            )
+        found = self.client.get_config_map(namespace, manifests.rpc_conf_name(name))
+        if found is None:
+            raise errors.FluidSpecError(
+                f"No ConfigMap {where}: Fluid publishes it when a VineyardRuntime is bound to Dataset "
+                f"{namespace}/{name}. Check the Dataset's name and namespace (kubectl -n {namespace} get "
+                "dataset,vineyardruntime), and bind a VineyardRuntime to it."
+            )
+        text = str((found.get("data") or {}).get(manifests.RPC_CONF_KEY) or "")
+        endpoints = [e.strip() for e in text.split(",") if e.strip()]
+        if not endpoints:
+            raise errors.FluidSpecError(
+                f"ConfigMap {where} lists no RPC endpoint under {manifests.RPC_CONF_KEY} (the runtime has no "
+                f"workers?): check kubectl -n {namespace} get vineyardruntime {name}."
+            )
+        return endpoints
+
     def wait_ready(
         self,
         namespace: str,

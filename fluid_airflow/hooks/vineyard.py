@@ -1,9 +1,12 @@
 """VineyardHook: one Vineyard client per process, from a ``vineyard`` connection or a socket.
 
 Connection fields (declared in the provider info as ``conn-fields``): ``ipc_socket`` (path of
-vineyardd's UNIX socket; zero-copy, same node) and ``rpc_endpoint`` (``host:port``; copies data
-over TCP). The IPC socket wins when both are set. Nothing connects at import or construction:
-the first :meth:`VineyardHook.get_conn` does, so DAG parsing never touches Vineyard.
+vineyardd's UNIX socket; zero-copy, same node), ``rpc_endpoint`` (``host:port``, or several
+comma-separated, tried in order; copies data over TCP), or ``dataset`` (``<namespace>/<name>``:
+that Fluid Dataset's worker vineyardds over RPC, their endpoints read from Kubernetes through the
+``fluid`` connection ``fluid_conn_id``, default ``fluid_default``). The first of these that is set
+wins. Nothing connects at import or construction: the first :meth:`VineyardHook.get_conn` does, so
+DAG parsing never touches Vineyard.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +46,8 @@ class VineyardHook(BaseHook):
     :param vineyard_conn_id: Airflow connection of type ``vineyard``. Ignored when
         ``ipc_socket`` or ``rpc_endpoint`` is given.
     :param ipc_socket: path of vineyardd's IPC socket (overrides the connection).
-    :param rpc_endpoint: ``host:port`` of vineyardd's RPC service (overrides the connection).
+    :param rpc_endpoint: ``host:port`` of vineyardd's RPC service, or several comma-separated (the first
+        that answers is used), overriding the connection.
     :param timeout: seconds one call may wait for vineyardd's answer (connect handshake included);
         default ``[fluid] vineyard_timeout``. See :mod:`fluid_airflow.vineyard.client.calls` for why the
         handshake is probed first.
@@ -65,6 +71,7 @@ class VineyardHook(BaseHook):
         self._ipc_socket = ipc_socket
         self._rpc_endpoint = rpc_endpoint
         self._timeout = timeout
+        self._dataset_endpoints: list[str] | None = None  # looked up once per hook
 
     @property
     def timeout(self) -> float:
@@ -76,9 +83,15 @@ class VineyardHook(BaseHook):
         return self._timeout
 
     def endpoint(self) -> tuple[str, str]:
-        """Return ``("ipc", socket_path)`` or ``("rpc", "host:port")``.
+        """Return ``("ipc", socket_path)`` or ``("rpc", "host:port[,host:port...]")``.
 
-        :raises VineyardConnectionError: the connection names neither.
+        A connection's ``ipc_socket`` is used when that file exists here, or when the connection names
+        nothing else; otherwise its ``rpc_endpoint``, else its ``dataset``'s published endpoints. So one
+        connection serves both a worker pod on a cache node (zero-copy) and the scheduler or API server
+        (over RPC), as Fluid's own vineyard config does with ``IPCSocket`` and ``RPCEndpoint``.
+
+        :raises VineyardConnectionError: the connection names none, or its Dataset's endpoints cannot
+            be found (see :meth:`_published_endpoints`).
         """
         if self._ipc_socket:
             return "ipc", self._ipc_socket
@@ -93,16 +106,60 @@ class VineyardHook(BaseHook):
                 "[fluid] vineyard_conn_id to use [fluid] vineyard_socket."
             ) from exc
         extra = conn.extra_dejson
-        if extra.get("ipc_socket"):
+        other = extra.get("rpc_endpoint") or extra.get("dataset") or (conn.host and conn.port)
+        if extra.get("ipc_socket") and (not other or _exists(str(extra["ipc_socket"]))):
             return "ipc", str(extra["ipc_socket"])
         if extra.get("rpc_endpoint"):
             return "rpc", str(extra["rpc_endpoint"])
+        if extra.get("dataset"):
+            if self._dataset_endpoints is None:
+                self._dataset_endpoints = self._published_endpoints(str(extra["dataset"]), extra)
+            return "rpc", ",".join(self._dataset_endpoints)
         if conn.host and conn.port:
             return "rpc", f"{conn.host}:{conn.port}"
         raise errors.VineyardConnectionError(
             f"Airflow connection {self.vineyard_conn_id!r} names no Vineyard endpoint: set its "
-            "'ipc_socket' (e.g. /var/run/vineyard/vineyard-worker.sock) or 'rpc_endpoint' (host:port)."
+            "'ipc_socket' (e.g. /var/run/vineyard/vineyard-worker.sock), 'rpc_endpoint' (host:port) or "
+            "'dataset' (<namespace>/<name> of a Fluid Dataset)."
         )
+
+    def _published_endpoints(self, dataset: str, extra: dict[str, Any]) -> list[str]:
+        """The RPC endpoints Fluid publishes for ``dataset`` (``<namespace>/<name>``), asked through the
+        hook of the ``fluid`` connection ``extra["fluid_conn_id"]`` (``FluidHook.rpc_endpoints``).
+
+        That hook is found by Airflow's connection registry (``Connection.get_hook``, by connection
+        type: airflow/sdk/definitions/connection.py, apache-airflow-task-sdk 1.3.2), so this layer
+        does not import the control plane (docs/architecture.md).
+
+        :raises VineyardConnectionError: ``dataset`` is not ``<namespace>/<name>``, the fluid connection
+            is missing or of another type, or the lookup failed (its error says why).
+        """
+        namespace, _, name = dataset.partition("/")
+        fluid_conn_id = str(extra.get("fluid_conn_id") or "fluid_default")
+        what = f"Airflow connection {self.vineyard_conn_id!r} (dataset {dataset!r})"
+        if not namespace or not name or "/" in name:
+            raise errors.VineyardConnectionError(
+                f"{what}: 'dataset' must be <namespace>/<name> of a Fluid Dataset, e.g. airflow/airflow-xcom."
+            )
+        try:
+            hook = self.get_connection(fluid_conn_id).get_hook()
+        except AirflowNotFoundException as exc:
+            raise errors.VineyardConnectionError(
+                f"{what}: its fluid connection {fluid_conn_id!r} is not defined. Create it (type fluid, "
+                "e.g. extra {\"in_cluster\": true}) or set the vineyard connection's 'fluid_conn_id'."
+            ) from exc
+        lookup = getattr(hook, "rpc_endpoints", None)
+        if lookup is None:
+            raise errors.VineyardConnectionError(
+                f"{what}: connection {fluid_conn_id!r} is a {type(hook).__name__}, not of type fluid; point "
+                "'fluid_conn_id' at a fluid connection."
+            )
+        try:
+            return list(lookup(namespace, name))
+        except errors.FluidAirflowError as exc:
+            raise errors.VineyardConnectionError(
+                f"{what}: cannot find the RPC endpoints of Dataset {dataset}'s vineyardd: {exc}"
+            ) from exc
 
     def get_conn(self) -> Any:
         """Return this process's ``vineyard.Client`` for the endpoint, connecting on first use.
@@ -142,6 +199,13 @@ class VineyardHook(BaseHook):
             f"vineyardd instance {status.instance_id}: {status.memory_usage} of "
             f"{status.memory_limit} bytes used"
         )
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:  # e.g. a folder on the path closed to this user: not usable from here
+        return False
 
 
 def _alive(client: Client) -> bool:
@@ -189,17 +253,66 @@ def _connect(kind: str, where: str, timeout: float) -> Any:
                 "It may have died and left its socket file behind; restart it "
                 "(`fluid-airflow vineyard start` removes a stale socket)."
             ) from exc
+    return _rpc_connect(vineyard, where, timeout)
+
+
+def _rpc_connect(vineyard: Any, endpoints: str, timeout: float) -> Any:
+    """A client of the first of the comma-separated ``endpoints`` that answers, tried in order as
+    vineyard's own client tries ``RPCEndpoint`` (v6d ``python/vineyard/core/client.py`` @ v0.24.2,
+    ``Client.__init__``: ``for host, port in zip(hosts, ports): try _connect ... continue``).
+
+    :raises VineyardConnectionError: none answers (each endpoint and its cause named).
+    """
+    candidates = [e.strip() for e in endpoints.split(",") if e.strip()]
+    failures: list[errors.VineyardConnectionError] = []
+    for where in candidates:
+        try:
+            return _rpc_connect_one(vineyard, where, timeout)
+        except errors.VineyardConnectionError as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    tried = "; ".join(f"rpc {where}: {exc}" for where, exc in zip(candidates, failures, strict=True))
+    raise errors.VineyardConnectionError(
+        f"vineyardd does not answer at {tried or 'no endpoint (empty list)'}. Check that the vineyardd "
+        "workers run (a Dataset's: kubectl get pods -l role=vineyard-worker) and that this host may reach "
+        "their RPC port (deploy/networkpolicy.yaml)."
+    )
+
+
+def _rpc_connect_one(vineyard: Any, where: str, timeout: float) -> Any:
     host, _, port = where.rpartition(":")
     if not host or not port.isdigit():
         raise errors.VineyardConnectionError(f"RPC endpoint {where!r} is not host:port")
-    calls.probe(kind, where, timeout)
+    calls.probe("rpc", where, timeout)
     try:
-        return vineyard.connect(host, int(port))
+        with _stdout_to_stderr():
+            return vineyard.connect(host, int(port))
     except Exception as exc:
         raise errors.VineyardConnectionError(
             f"vineyardd RPC endpoint {where} does not answer ({type(exc).__name__}: {exc}). "
             "Check that vineyardd runs with RPC enabled and the port is reachable."
         ) from exc
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to 2 for the block: vineyard's RPC connect prints "No RDMA endpoint
+    provided. Fall back to TCP." on the C++ stdout (vineyard 0.24.2, measured), which would break
+    output meant for a program (``fluid-airflow gc --json``). Called under ``_LOCK``."""
+    with contextlib.suppress(Exception):  # no or a closed sys.stdout: nothing of ours to flush
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # descriptor 1 closed (a daemon): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _ipc_connect(vineyard: Any, where: str) -> Any:

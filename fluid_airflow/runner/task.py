@@ -94,23 +94,18 @@ def _open(kind: str, where: str) -> tuple[Any, Any]:
 def connect(min_free: int = MIN_FREE_BYTES) -> Any:
     """Connect to the Dataset's vineyardd and check it has room.
 
-    Over RPC, each endpoint is tried in the config's order and the first that answers is used,
-    as vineyard's own client does with ``RPCEndpoint`` (v6d ``python/vineyard/core/client.py``,
-    ``Client.__init__``: ``for host, port in zip(hosts, ports): try _connect ... continue``).
+    Over RPC, each endpoint is tried in the config's order and the first that answers is used
+    (:class:`~fluid_airflow.hooks.vineyard.VineyardHook` with the whole list, as vineyard's own client
+    does with ``RPCEndpoint``).
 
     :raises PreflightError: naming the node, every endpoint tried and why, or the missing room.
     """
     kind, endpoints = endpoint()
-    candidates = [endpoints] if kind == "ipc" else endpoints.split(",")
-    failures: list[str] = []
-    for where in candidates:
-        try:
-            client, status = _open(kind, where)
-            break
-        except Exception as exc:
-            failures.append(f"{kind} {where}: {exc}")
-    else:
-        raise PreflightError(f"node {_node()}: vineyardd does not answer at {'; '.join(failures)}")
+    try:
+        client, status = _open(kind, endpoints)
+    except Exception as exc:
+        raise PreflightError(f"node {_node()}: {exc}") from exc
+    where = endpoints if kind == "ipc" else str(client.rpc_endpoint)
     free = int(status.memory_limit) - int(status.memory_usage)
     if free < min_free:
         raise PreflightError(

@@ -86,11 +86,17 @@ def use_client(client: Client) -> Iterator[None]:
         _client_override.reset(token)
 
 
-def _client(ref: VineyardReference | None = None) -> Any:
-    """The client to use; for reading ``ref``, the vineyardd that holds it.
+def _client(ref: VineyardReference | None = None, *, deleting: bool = False) -> Any:
+    """The client to use; for reading or deleting ``ref``, the vineyardd that holds it.
+
+    ``deleting``: when ``ref`` names a socket this process cannot reach (a pod's, e.g.
+    ``/var/run/vineyard/vineyard-worker.sock``) and the configured vineyardd is reached over RPC (a
+    Dataset's, as the scheduler and API server reach it), that client is used: names live in the
+    cluster's shared metadata, so it finds the object and its copies when its cluster holds them,
+    and deletes go through their holders (:mod:`.lifecycle.delete`).
 
     :raises VineyardConnectionError: ``ref`` lives in another vineyardd (a Dataset's) whose
-        socket this process cannot reach.
+        socket this process cannot reach, and (for a delete) no RPC client of it is configured.
     """
     override = _client_override.get()
     if override is not None:
@@ -103,10 +109,18 @@ def _client(ref: VineyardReference | None = None) -> Any:
             if own is not None:  # another instance of our cluster: migrate, don't bypass
                 return own
             if not Path(ref.socket).exists():
+                if deleting and kind == "rpc":
+                    return hook.get_conn()
+                fix = (
+                    "To release it from here, point the vineyard connection at that Dataset over RPC (extra "
+                    '{"dataset": "<namespace>/<name>"}: docs/deploy.md).'
+                    if deleting
+                    else "Read it in a @task.fluid task of that Dataset instead."
+                )
                 raise errors.VineyardConnectionError(
                     f"XCom {ref.key!r} of task {ref.producer!r} (DAG run {ref.run_id!r}) lives in the "
                     f"vineyardd at {ref.socket} (a Dataset's cache), which this process cannot reach (it "
-                    f"uses {kind} {where}). Read it in a @task.fluid task of that Dataset instead."
+                    f"uses {kind} {where}). {fix}"
                 )
             return vineyard_hooks.VineyardHook(ipc_socket=ref.socket).get_conn()
     return hook.get_conn()
@@ -362,4 +376,4 @@ def resolve(ref: VineyardReference) -> Any:
 
 def release(ref: VineyardReference) -> bool:
     """Delete the object behind ``ref`` and its name (see :func:`store.release`)."""
-    return store.release(_client(ref), ref)
+    return store.release(_client(ref, deleting=True), ref)

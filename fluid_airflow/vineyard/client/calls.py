@@ -123,6 +123,15 @@ def is_connection_failure(exc: BaseException) -> bool:
     )
 
 
+def connected_instance(client: Client) -> int:
+    """Id of the vineyardd instance ``client`` talks to.
+
+    An RPC client's ``instance_id`` is vineyard's ``UnspecifiedInstanceID`` (2**64 - 2), not the
+    server's; ``remote_instance_id`` is the server's (v6d ``python/client.cc`` @ v0.24.2, measured).
+    """
+    return int(client.instance_id if client.is_ipc else client.remote_instance_id)
+
+
 def describe(client: Client) -> str:
     """``ipc <socket>`` or ``rpc <host:port>`` of a connected client, for messages (no IPC)."""
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from fluid_airflow.vineyard.client.calls import connected_instance
+
 if TYPE_CHECKING:
     from vineyard import Client
 
@@ -52,7 +54,7 @@ def delete_on_holder(client: Client, object_id: Any) -> None:
     asked itself when it answers; otherwise the delete goes through ``client``.
     """
     holder = int(client.get_meta(object_id).instance_id)
-    if holder != int(client.instance_id):
+    if holder != connected_instance(client):
         endpoint = str(client.meta.get(holder, {}).get("rpc_endpoint", ""))
         try:
             holder_client(endpoint, float(client.timeout_seconds)).delete(object_id)
@@ -61,7 +63,7 @@ def delete_on_holder(client: Client, object_id: Any) -> None:
             log.warning(
                 "Deleting %r through instance %s, not its holder %s: %s",
                 object_id,
-                client.instance_id,
+                connected_instance(client),
                 holder,
                 exc,
             )

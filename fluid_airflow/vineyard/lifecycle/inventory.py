@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from fluid_airflow import config
-from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT, connected_instance
 from fluid_airflow.vineyard.data.naming import names_pattern, split_copy_name, split_xcom_object_name
 from fluid_airflow.vineyard.data.reference import VineyardReference
 from fluid_airflow.vineyard.data.tree import referenced_ids, references_in
@@ -219,11 +219,13 @@ def _add_unnamed(
 
 def instances(client: Client) -> list[dict[str, Any]]:
     """Each vineyardd of the client's cluster: id, host, RPC endpoint, and used/limit bytes when
-    it can be asked (the connected one, and others whose IPC socket is on this host)."""
+    it can be asked (the connected one; others over IPC when their socket is on this host, or over
+    their RPC endpoint when ``client`` itself is an RPC client, e.g. of a Fluid Dataset)."""
     from pathlib import Path
 
     from fluid_airflow.hooks.vineyard import VineyardHook
 
+    own = connected_instance(client)
     out = []
     for instance_id, entry in sorted(client.meta.items()):
         row: dict[str, Any] = {
@@ -241,12 +243,16 @@ def instances(client: Client) -> list[dict[str, Any]]:
         }
         try:
             other = client
-            if int(instance_id) != int(client.instance_id):
-                if not Path(row["ipc_socket"]).exists():
+            if int(instance_id) != own:
+                if client.is_ipc and Path(row["ipc_socket"]).exists():
+                    other = VineyardHook(ipc_socket=row["ipc_socket"]).get_conn()
+                elif not client.is_ipc and row["rpc_endpoint"] != "off":
+                    timeout = float(client.timeout_seconds)
+                    other = VineyardHook(rpc_endpoint=row["rpc_endpoint"], timeout=timeout).get_conn()
+                else:
                     out.append(row)
                     continue
-                other = VineyardHook(ipc_socket=row["ipc_socket"]).get_conn()
-            if int(other.instance_id) == int(instance_id):
+            if connected_instance(other) == int(instance_id):
                 status = other.status
                 row.update(memory_usage=int(status.memory_usage), memory_limit=int(status.memory_limit))
                 row.update(_unnamed(other, int(status.memory_usage)))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fluid_airflow.vineyard.client.calls import LIST_LIMIT
+from fluid_airflow.vineyard.client.calls import LIST_LIMIT, connected_instance
 from fluid_airflow.vineyard.lifecycle import blob_ids, journal
 
 if TYPE_CHECKING:
@@ -80,6 +80,10 @@ def reclaim(
     :returns: objects and bytes freed (a dry run: found), dead journals handled, and how many
         puts were in flight (then nothing is touched).
     """
+    if not client.is_ipc:
+        # Puts in flight are journalled next to the IPC socket (:mod:`.journal`), which an RPC client
+        # cannot see: any unnamed object might be a put in progress, so nothing is touched.
+        return Reclaimed()
     folder = journal.journal_dir(client)
     lock = journal.locked(folder) if folder is not None and not locked else contextlib.nullcontext()
     with lock:
@@ -125,7 +129,7 @@ def reclaim(
 
 def reachable_bytes(client: Client) -> int:
     """Bytes of the blobs of this instance that some name reaches."""
-    own = int(client.instance_id)
+    own = connected_instance(client)
     reachable = reachable_ids(client)
     return sum(
         int(m.nbytes)
