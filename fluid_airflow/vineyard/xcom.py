@@ -63,6 +63,7 @@ _Result = namedtuple("_Result", ["value"])
 # store and load through the Dataset's vineyardd instead of the configured one.
 _resolve_references: ContextVar[bool] = ContextVar("fluid_airflow_resolve_references", default=True)
 _client_override: ContextVar[Any] = ContextVar("fluid_airflow_vineyard_client", default=None)
+_purging: ContextVar[naming.XComScope | None] = ContextVar("fluid_airflow_purging", default=None)
 resolved_in_process = 0  # payloads this process loaded through deserialize_value (for tests)
 
 
@@ -209,6 +210,19 @@ class VineyardXComBackend(BaseXCom):
         return BaseXCom.deserialize_value(result)
 
     @classmethod
+    def delete(cls, key: str, task_id: str, dag_id: str, run_id: str, map_index: int | None = None) -> None:
+        """As Airflow's (the task runner calls it for each XCom of a retried or cleared task), with the
+        XCom's identity kept for :meth:`purge`: the row Airflow hands purge there carries only the key and
+        the value (task-sdk 1.3.2 ``bases/xcom.py`` ``BaseXCom.delete`` -> ``_get_xcom_db_ref`` ->
+        ``XComResult``), and purge deletes an object only when its name belongs to that very XCom.
+        """
+        token = _purging.set(naming.XComScope(dag_id, run_id, task_id, key, map_index))
+        try:
+            super().delete(key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
+        finally:
+            _purging.reset(token)
+
+    @classmethod
     def purge(cls, xcom: Any, *args: Any) -> None:
         """Delete the Vineyard object behind an XCom row Airflow is deleting (retry/clear).
 
@@ -242,12 +256,13 @@ def _row_owns(xcom: Any, ref: VineyardReference) -> bool | str:
     reference are just what the row says, and a row can be edited (REST PATCH) to hold another
     DAG's reference, whose object purge must not delete.
     """
+    deleting = _purging.get()  # the XCom BaseXCom.delete is deleting, whose row carries no identity
     row = {
-        "dag_id": getattr(xcom, "dag_id", None),
-        "run_id": getattr(xcom, "run_id", None),
-        "task_id": getattr(xcom, "task_id", None),
-        "map_index": getattr(xcom, "map_index", -1),
+        field: getattr(xcom, field, None) or (getattr(deleting, field) if deleting else None)
+        for field in ("dag_id", "run_id", "task_id")
     }
+    index = getattr(xcom, "map_index", None)
+    row["map_index"] = deleting.index if index is None and deleting else (-1 if index is None else index)
     key = str(getattr(xcom, "key", ""))
     parts: Mapping[str, object]
     try:
