@@ -4,6 +4,8 @@ and the handoffs page says so at every step."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from urllib.parse import quote
 
@@ -84,3 +86,19 @@ def test_each_dag_run_has_a_handoffs_tab_filtered_to_it(deployment):
         "GET", f"/fluid/api/handoffs?dag_id=fa_mapped&run_id={quote(run_id, safe='')}"
     )
     assert status == 200 and [r["run_id"] for r in data["runs"]] == [run_id]
+
+
+def test_the_lost_object_error_names_the_rest_call_that_recovers_the_run(make_deployment):
+    """vineyardd restarts between producer and consumer: the consumer fails with VineyardObjectLostError,
+    and the REST call its message gives, posted exactly as written, re-runs the producer and the run ends
+    well (its own deployment: the DAG restarts vineyardd with another size)."""
+    dep = make_deployment()
+    run_id = dep.trigger("fa_restart", conf={"runtime_dir": str(dep.runtime)})
+    assert dep.wait_run("fa_restart", run_id) == "failed", dep.task_states("fa_restart", run_id)
+    log = dep.task_log("fa_restart", run_id, "consume")
+    advice = re.search(r"REST: POST (\S+) with (\{.*?\})\)", log)
+    assert "VineyardObjectLostError" in log and advice, log
+    status, body = dep.request("POST", advice.group(1), json.loads(advice.group(2)))
+    assert status == 200, body
+    assert dep.wait_run("fa_restart", run_id) == "success", dep.failed_logs("fa_restart", run_id)
+    assert dep.xcom_rows("fa_restart", run_id)[("consume", -1, "return_value")] == float(sum(range(100_000)))

@@ -262,6 +262,9 @@ def _holder_gone(client: Client, holder: int) -> str | None:
 
 
 def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
+    # The REST body spells out dry_run and only_failed: their defaults (True, True) would only list, or
+    # clear just the failed consumer (airflow-core 3.3.2 api_fastapi/core_api/datamodels/task_instances.py
+    # ClearTaskInstancesBody).
     return errors.VineyardObjectLostError(
         f"XCom {ref.key!r} of task {ref.producer!r} in DAG run {ref.run_id!r} of DAG {ref.dag_id!r} "
         f"refers to Vineyard object {ref.object_id} ({ref.name}), which is gone: {cause}. Vineyard "
@@ -269,7 +272,8 @@ def _lost(ref: VineyardReference, cause: str) -> errors.VineyardObjectLostError:
         f"task {ref.task_id!r} in DAG run {ref.run_id!r} so it recomputes the value (Airflow UI: open "
         "the run, select the task, Clear with downstream; or REST: POST "
         f"/api/v2/dags/{ref.dag_id}/clearTaskInstances with "
-        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true}}). '
+        f'{{"dag_run_id": "{ref.run_id}", "task_ids": ["{ref.task_id}"], "include_downstream": true, '
+        '"only_failed": false, "dry_run": false}). '
         "If that task's own inputs were lost too (after a vineyardd restart, every object is), clear "
         "from the first task of the run instead."
     )
