@@ -132,6 +132,11 @@ def _add_release(groups: Subcommands) -> None:
         "--timeout", type=_seconds, help="seconds one vineyardd call may wait ([fluid] vineyard_timeout)"
     )
     release.add_argument(
+        "--force",
+        action="store_true",
+        help="release even if Airflow's DB says the run is queued or running (its tasks lose their inputs)",
+    )
+    release.add_argument(
         "--if-clear-number",
         type=int,
         metavar="N",
@@ -210,15 +215,39 @@ def _release(args: argparse.Namespace) -> int:
         def still_ended() -> bool:
             return run_still_ended(args.dag_id, args.run_id, args.if_clear_number)
 
+    elif not args.force:
+        _refuse_an_unfinished_run(args.dag_id, args.run_id)
     client = backend_hook(args.timeout).get_conn()
     report = release_run(client, args.dag_id, args.run_id, still_ended=still_ended)
+    run = f"DAG run {args.dag_id} / {args.run_id}"
     if report.skipped:
-        print(f"released nothing of DAG run {args.dag_id} / {args.run_id}: {report.skipped}")
+        print(f"released nothing of {run}: {report.skipped}")
         return EXIT_OK
-    print(
-        f"released {report.objects} objects ({report.bytes} bytes) of DAG run {args.dag_id} / {args.run_id}"
-    )
+    print(f"released {report.objects} objects ({report.bytes} bytes) of {run}")
+    if not report.objects and not args.force:
+        from fluid_airflow.vineyard.lifecycle.metadb import run_state
+
+        if run_state(args.dag_id, args.run_id) is None:
+            print(f"note: Airflow's DB has no {run}; check the DAG id and run id (`airflow dags list-runs`)")
     return EXIT_OK
+
+
+def _refuse_an_unfinished_run(dag_id: str, run_id: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from fluid_airflow.exceptions import FluidAirflowError
+    from fluid_airflow.vineyard.lifecycle.release import unfinished
+
+    try:
+        problem = unfinished(dag_id, run_id, "pass --force")
+    except OperationalError as exc:
+        raise FluidAirflowError(
+            f"Airflow's metadata DB cannot be read ({str(exc.orig).splitlines()[0]}), so whether DAG run "
+            f"{dag_id} / {run_id} has ended is unknown. Run this where Airflow's DB is configured, or pass "
+            "--force to release it without that check."
+        ) from exc
+    if problem:
+        raise FluidAirflowError(problem)
 
 
 def _gc(args: argparse.Namespace) -> int:

@@ -420,3 +420,30 @@ def test_release_run_releases_nothing_when_the_run_ran_again_since(vineyard_clie
     assert run_objects(vineyard_client, "d", "r") == {name: object_id} and exists(vineyard_client, object_id)
     assert release_run(vineyard_client, "d", "r", still_ended=lambda: True).names == [name]
     assert run_objects(vineyard_client, "d", "r") == {} and not exists(vineyard_client, object_id)
+
+
+def test_release_cli_refuses_a_running_run_unless_forced_and_names_an_unknown_run(
+    run_dag, vineyard_client, prefix
+):
+    """``fluid-airflow release`` of a run still running would make its consumers fail on lost inputs: it is
+    refused (exit 1, the state and the fix named) and nothing is deleted; ``--force`` releases it. A run
+    Airflow's DB does not know releases nothing and says so."""
+    dag_run = run_gc_dag(run_dag)
+    set_run_state(dag_run, "running")
+    names = objects(vineyard_client, prefix)
+    release = [str(SCRIPT), "release", "--dag-id", dag_run.dag_id, "--run-id", dag_run.run_id]
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ), timeout=120)
+
+    refused = run(*release)
+    assert refused.returncode == 1 and "is running" in refused.stderr and "--force" in refused.stderr
+    assert objects(vineyard_client, prefix) == names
+
+    forced = run(*release, "--force")
+    assert forced.returncode == 0 and f"released {len(names)} objects" in forced.stdout, forced.stderr
+    assert objects(vineyard_client, prefix) == {}
+
+    unknown = run(str(SCRIPT), "release", "--dag-id", "fa_gc", "--run-id", "no_such_run")
+    assert unknown.returncode == 0 and "released 0 objects" in unknown.stdout
+    assert "Airflow's DB has no DAG run fa_gc / no_such_run" in unknown.stdout, unknown.stdout

@@ -36,3 +36,30 @@ def test_invalid_or_empty_input_is_a_4xx_with_a_message(client, path, body):
     response = client.post(path, json=body) if body is not None else client.post(path, content=b"{")
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     assert response.json()["detail"]
+
+
+def test_releasing_a_running_run_is_a_409_naming_it_unless_forced(client, airflow_db, monkeypatch):
+    """Its tasks may still read the run's objects: the page's release refuses (409, state and fix named)
+    and releases with ``force``. (Authorisation is stubbed here; test_ui_e2e.py runs it for real.)"""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    monkeypatch.setattr(api, "_require_edit", lambda user, dag_id: None)
+    client.app.dependency_overrides[api.current_user] = lambda: SimpleNamespace(get_name=lambda: "tester")
+    now = datetime.now(timezone.utc)
+    with create_session() as session:
+        run = DagRun(
+            dag_id="fa_ui_running", run_id="manual__ui", run_type="manual", run_after=now, start_date=now
+        )
+        session.add(run)
+        session.flush()
+        run.set_state("running")
+    body = {"dag_id": "fa_ui_running", "run_id": "manual__ui"}
+    refused = client.post("/api/release/run", json=body)
+    assert refused.status_code == 409, refused.text
+    assert "is running" in refused.json()["detail"] and '"force": true' in refused.json()["detail"]
+    forced = client.post("/api/release/run", json={**body, "force": True})
+    assert forced.status_code == 200 and forced.json() == {"objects": 0, "bytes": 0}, forced.text

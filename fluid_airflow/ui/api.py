@@ -7,7 +7,8 @@ releasing needs edit (``PUT``) permission on the DAG, checked with the auth mana
 ``is_authorized_dag``, as Airflow's own DAG run routes do. Payloads are never loaded.
 
 Routes (relative to ``/fluid``): ``GET /handoffs`` (the page), ``GET /api/handoffs?dag_id=&run_id=``,
-``POST /api/release/run`` ``{"dag_id", "run_id"}``, ``POST /api/release/object`` ``{"name"}``.
+``POST /api/release/run`` ``{"dag_id", "run_id", "force"}`` (409 for a queued or running run unless
+``force``), ``POST /api/release/object`` ``{"name"}``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ NonEmpty = Annotated[str, Field(min_length=1)]  # empty ids answer 422, not 500
 class RunRelease(BaseModel):
     dag_id: NonEmpty
     run_id: NonEmpty
+    force: bool = False  # release a queued or running run too
 
 
 class ObjectRelease(BaseModel):
@@ -135,8 +137,12 @@ def _handoffs(user: Any, dag_id: str | None, run_id: str | None) -> dict[str, An
 
 def _release_run(body: RunRelease, user: Any) -> dict[str, int]:
     from fluid_airflow.vineyard.lifecycle.release import release_run as release
+    from fluid_airflow.vineyard.lifecycle.release import unfinished
 
     _require_edit(user, body.dag_id)
+    problem = None if body.force else unfinished(body.dag_id, body.run_id, 'send "force": true')
+    if problem:
+        raise HTTPException(409, problem)
     report = release(_client(), body.dag_id, body.run_id)
     log.info(
         "User %s released %d objects of %s/%s", user.get_name(), report.objects, body.dag_id, body.run_id

@@ -33,6 +33,23 @@ def run_still_ended(dag_id: str, run_id: str, clear_number: int) -> bool:
     return str(state) in FINISHED_RUN_STATES and int(number) == int(clear_number)
 
 
+def run_state(dag_id: str, run_id: str) -> str | None:
+    """The DAG run's state (``queued``, ``running``, ``success``, ``failed``), or None when Airflow's DB has
+    no such run.
+
+    :raises sqlalchemy.exc.OperationalError: the DB cannot be read.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        state = session.execute(
+            select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+        ).scalar_one_or_none()
+    return None if state is None else str(state)
+
+
 RunKey = tuple[str, str]  # (dag_id, run_id)
 
 

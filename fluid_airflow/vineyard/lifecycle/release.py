@@ -16,6 +16,7 @@ from fluid_airflow import config
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data.naming import run_name_prefix
 from fluid_airflow.vineyard.lifecycle.delete import delete_named
+from fluid_airflow.vineyard.lifecycle.metadb import FINISHED_RUN_STATES, run_state
 from fluid_airflow.vineyard.lifecycle.migration import held_bytes
 
 if TYPE_CHECKING:
@@ -40,6 +41,23 @@ def run_objects(client: Client, dag_id: str, run_id: str) -> dict[str, Any]:
     """``{name: ObjectID}`` of the XCom objects of one DAG run in ``client``'s vineyardd."""
     prefix = run_name_prefix(prefix=config.get("name_prefix"), dag_id=dag_id, run_id=run_id)
     return dict(client.list_names(prefix + "*", limit=LIST_LIMIT).items())
+
+
+def unfinished(dag_id: str, run_id: str, how_to_force: str) -> str | None:
+    """Why releasing the DAG run now would break it (it is queued or running, so its tasks may still read
+    its objects), or None (it has ended, or Airflow's DB does not know it).
+
+    :param how_to_force: how the caller releases it anyway, for the message (``pass --force``).
+    :raises sqlalchemy.exc.OperationalError: Airflow's DB cannot be read.
+    """
+    state = run_state(dag_id, run_id)
+    if state is None or state in FINISHED_RUN_STATES:
+        return None
+    return (
+        f"DAG run {dag_id} / {run_id} is {state}: its tasks may still read the objects it holds, and would "
+        "fail with VineyardObjectLostError. It is released by itself when it ends ([fluid] keep_for); to "
+        f"release it now anyway, {how_to_force}."
+    )
 
 
 def release_run(
