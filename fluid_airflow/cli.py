@@ -179,7 +179,10 @@ def _start(args: argparse.Namespace) -> int:
     if config.vineyard_socket() == status.socket:
         print("Airflow uses this socket by default ([fluid] vineyard_socket); nothing to export.")
     else:
-        print("To make Airflow use it, set in the environment of every process that runs Airflow tasks:")
+        print(
+            "To make Airflow use it, set in the environment of every Airflow process (task processes, and "
+            "the scheduler and API server, which release objects):"
+        )
         print(f"export AIRFLOW__FLUID__VINEYARD_SOCKET={status.socket}")
     return EXIT_OK
 
