@@ -7,6 +7,7 @@ by process id at the end of the session; temporary folders are removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -261,6 +262,22 @@ def rpc_vineyardd(runtime, free_tcp_port):
         yield SimpleNamespace(daemon=daemon, port=free_tcp_port, socket_path=daemon.socket_path)
     finally:
         daemon.stop()
+
+
+@contextlib.contextmanager
+def local_cluster(instances: int, prefix: str):
+    """A :class:`LocalVineyardCluster` of ``instances`` vineyardd (256 MiB, RPC, one shared etcd) in a
+    fresh short folder; stopped at the end, and nothing of it may be left running."""
+    from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    cluster = LocalVineyardCluster(path, instances=instances)
+    cluster.start("256Mi")
+    try:
+        yield cluster
+    finally:
+        cluster.stop(timeout=5)
+        remove_and_check_nothing_runs(path)
 
 
 def remove_and_check_nothing_runs(path: Path) -> None:

@@ -53,3 +53,19 @@ def read_fluid(plane: ControlPlane, namespace: str, plural: str, name: str) -> d
     """A Fluid object as the API server stores it (admin)."""
     co = client.CustomObjectsApi(plane.api_client())
     return co.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+
+def create_and_bind(conn_id: str, name: str, pool: dict[str, str], replicas: int = 2) -> None:
+    """Create Dataset ``name`` and bind a VineyardRuntime of ``replicas`` workers (1Gi each, Fluid's
+    default network mode) on the nodes labelled ``pool``, through our operators and connection ``conn_id``
+    (inside :func:`connected`); returns once Fluid bound it."""
+    from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
+    from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
+
+    FluidCreateDatasetOperator(
+        task_id="create", dataset_name=name, placement="", fluid_conn_id=conn_id
+    ).execute({})
+    FluidBindVineyardRuntimeOperator(
+        task_id="bind", dataset_name=name, fluid_conn_id=conn_id, replicas=replicas, cache_capacity="1Gi",
+        network_mode="", worker={"nodeSelector": pool}, timeout=240, poll_interval=1,
+    ).execute({})  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import own_row, processes_naming, remove_and_check_nothing_runs
+from conftest import local_cluster, own_row, processes_naming
 
 from fluid_airflow.exceptions import VineyardObjectLostError, VineyardTimeoutError
 from fluid_airflow.hooks.vineyard import VineyardHook
@@ -37,15 +37,9 @@ class _Row:
 
 @pytest.fixture
 def cluster(monkeypatch):
-    path = Path(tempfile.mkdtemp(prefix="fa-c-", dir="/tmp"))
     monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_TIMEOUT", "2")
-    cluster = LocalVineyardCluster(path, instances=3)
-    cluster.start("256Mi")
-    try:
+    with local_cluster(3, "fa-c-") as cluster:
         yield cluster
-    finally:
-        cluster.stop(timeout=5)
-        remove_and_check_nothing_runs(path)
 
 
 def on(monkeypatch, cluster, index: int):

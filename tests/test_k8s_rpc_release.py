@@ -27,7 +27,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,10 +34,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import remove_and_check_nothing_runs
+from conftest import local_cluster
 from controlplane import ControlPlane
 from controlplane.fixtures import control_plane  # noqa: F401 - the session fixture
-from k8s_plane import NODE_CAPACITY, connected, make_namespace, wait_for
+from k8s_plane import NODE_CAPACITY, connected, create_and_bind, make_namespace, wait_for
 from k8s_rpc_play import POD_SOCKET, in_pod
 from k8s_task_play import cluster_dns, rpc_conf, tcp_relay
 from kubernetes import client
@@ -46,8 +45,6 @@ from kubernetes import client
 from fluid_airflow.fluid import manifests
 from fluid_airflow.hooks.vineyard import VineyardHook
 from fluid_airflow.operators.cleanup import FluidCleanupOperator
-from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
-from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
 from fluid_airflow.vineyard.local.cluster import LocalVineyardCluster
 
 NS, NAME, CONN, VINEYARD_CONN = "k8s-rpc", "rpc-data", "fluid_k8s_rpc", "vineyard_k8s_rpc"
@@ -68,13 +65,7 @@ def bound(control_plane: ControlPlane) -> Iterator[Path]:  # noqa: F811
     for node in NODES:
         control_plane.create_node(node, POOL, NODE_CAPACITY)
     with connected(CONN, control_plane.admin_kubeconfig, NS):
-        FluidCreateDatasetOperator(
-            task_id="create", dataset_name=NAME, placement="", fluid_conn_id=CONN
-        ).execute({})
-        FluidBindVineyardRuntimeOperator(
-            task_id="bind", dataset_name=NAME, fluid_conn_id=CONN, replicas=2, cache_capacity="1Gi",
-            network_mode="", worker={"nodeSelector": POOL}, timeout=240, poll_interval=1,
-        ).execute({})  # fmt: skip
+        create_and_bind(CONN, NAME, POOL)
         core = control_plane.core_v1()
         wait_for("both workers with a pod IP", lambda: len(_worker_ips(core)) == 2, 60, control_plane)
         yield control_plane.service_account_kubeconfig(NS, "airflow-scheduler", "fluid-airflow")
@@ -91,15 +82,9 @@ def _worker_ips(core: Any) -> list[str]:
 @pytest.fixture
 def workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalVineyardCluster]:
     """Two vineyardd with RPC sharing one etcd: the runtime's workers 0 and 1."""
-    path = Path(tempfile.mkdtemp(prefix="fa-r-", dir="/tmp"))
     monkeypatch.setenv("AIRFLOW__FLUID__VINEYARD_TIMEOUT", "5")
-    cluster = LocalVineyardCluster(path, instances=2)
-    cluster.start("256Mi")
-    try:
+    with local_cluster(2, "fa-r-") as cluster:
         yield cluster
-    finally:
-        cluster.stop(timeout=5)
-        remove_and_check_nothing_runs(path)
 
 
 @pytest.fixture

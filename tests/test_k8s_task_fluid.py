@@ -35,7 +35,7 @@ from conftest import held_in
 from controlplane import ControlPlane
 from controlplane.fixtures import control_plane  # noqa: F401 - the session fixture
 from controlplane.kwok_config import ANNOTATION_RUN_FOR
-from k8s_plane import NODE_CAPACITY, connected, make_namespace, wait_for
+from k8s_plane import NODE_CAPACITY, connected, create_and_bind, make_namespace, wait_for
 from k8s_task_play import (
     cluster_dns,
     finish_container,
@@ -50,8 +50,6 @@ from fluid_airflow.decorators.fluid import SPEC_ENV
 from fluid_airflow.fluid import manifests
 from fluid_airflow.hooks.vineyard import VineyardHook, close_clients
 from fluid_airflow.operators.cleanup import FluidCleanupOperator
-from fluid_airflow.operators.dataset import FluidCreateDatasetOperator
-from fluid_airflow.operators.runtime import FluidBindVineyardRuntimeOperator
 from fluid_airflow.runner import task as runner
 from fluid_airflow.vineyard.data.reference import is_reference
 from fluid_airflow.vineyard.xcom import VineyardXComBackend, use_client
@@ -71,13 +69,7 @@ def bound(control_plane: ControlPlane) -> Iterator[ControlPlane]:  # noqa: F811
         control_plane.create_node(node, POOL, NODE_CAPACITY)
     control_plane.create_node(OFF_NODE, OFF_POOL, NODE_CAPACITY)
     with connected(CONN, control_plane.admin_kubeconfig, NS):
-        FluidCreateDatasetOperator(
-            task_id="create", dataset_name=NAME, placement="", fluid_conn_id=CONN
-        ).execute({})
-        FluidBindVineyardRuntimeOperator(
-            task_id="bind", dataset_name=NAME, fluid_conn_id=CONN, replicas=2, cache_capacity="1Gi",
-            network_mode="", worker={"nodeSelector": POOL}, timeout=240, poll_interval=1,
-        ).execute({})  # fmt: skip
+        create_and_bind(CONN, NAME, POOL)
         core = control_plane.core_v1()
         wait_for("PVC created by Fluid", lambda: _pvc_exists(core), 60, control_plane)
         labelled = lambda: set(_cache_nodes(core)) == set(CACHE_NODES)  # noqa: E731
