@@ -16,6 +16,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 # the client's state belong to the parent), so entries of another pid are ignored and replaced.
 _CLIENTS: dict[tuple[int, str], Any] = {}
 _LOCK = threading.Lock()
+#: Seconds a Dataset's published RPC endpoints are reused in this process before its ConfigMap is read again.
+ENDPOINTS_TTL = 60.0
+# (vineyard conn, dataset, fluid conn) -> (when read, endpoints)
+_endpoints: dict[tuple[str, str, str], tuple[float, list[str]]] = {}
 # IPC socket -> pid of the process that connected to it through vineyard's own client cache.
 # Copied into forked children, where it tells _ipc_connect that the cache entry is the parent's.
 _IPC_CACHED_BY: dict[str, int] = {}
@@ -71,7 +76,6 @@ class VineyardHook(BaseHook):
         self._ipc_socket = ipc_socket
         self._rpc_endpoint = rpc_endpoint
         self._timeout = timeout
-        self._dataset_endpoints: list[str] | None = None  # looked up once per hook
 
     @property
     def timeout(self) -> float:
@@ -112,9 +116,7 @@ class VineyardHook(BaseHook):
         if extra.get("rpc_endpoint"):
             return "rpc", str(extra["rpc_endpoint"])
         if extra.get("dataset"):
-            if self._dataset_endpoints is None:
-                self._dataset_endpoints = self._published_endpoints(str(extra["dataset"]), extra)
-            return "rpc", ",".join(self._dataset_endpoints)
+            return "rpc", ",".join(self._dataset_endpoints(str(extra["dataset"]), extra))
         if conn.host and conn.port:
             return "rpc", f"{conn.host}:{conn.port}"
         raise errors.VineyardConnectionError(
@@ -122,6 +124,19 @@ class VineyardHook(BaseHook):
             "'ipc_socket' (e.g. /var/run/vineyard/vineyard-worker.sock), 'rpc_endpoint' (host:port) or "
             "'dataset' (<namespace>/<name> of a Fluid Dataset)."
         )
+
+    def _dataset_endpoints(self, dataset: str, extra: dict[str, Any]) -> list[str]:
+        """:meth:`_published_endpoints`, asked at most once per :data:`ENDPOINTS_TTL` seconds per process:
+        the backend makes a new hook for every call, and each would otherwise read the ConfigMap again."""
+        key = (self.vineyard_conn_id, dataset, str(extra.get("fluid_conn_id") or ""))
+        with _LOCK:
+            cached = _endpoints.get(key)
+        if cached is not None and time.monotonic() - cached[0] < ENDPOINTS_TTL:
+            return cached[1]
+        found = self._published_endpoints(dataset, extra)
+        with _LOCK:
+            _endpoints[key] = (time.monotonic(), found)
+        return found
 
     def _published_endpoints(self, dataset: str, extra: dict[str, Any]) -> list[str]:
         """The RPC endpoints Fluid publishes for ``dataset`` (``<namespace>/<name>``), asked through the
