@@ -84,6 +84,12 @@ def _add_vineyard(groups: Subcommands) -> None:
         help="group also allowed to use the socket (folder 0710, socket 0660); default [fluid] "
         "socket_group, else only you (0700 / 0600)",
     )
+    start.add_argument(
+        "--reserve-memory",
+        action="store_true",
+        help="take all of --size from the machine at start (vineyardd --reserve_memory): the first puts "
+        "skip first-touch page faults",
+    )
     start.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for readiness (30)")
 
     stop = commands.add_parser("stop", help="stop the vineyardd of the runtime dir (SIGTERM, then SIGKILL)")
@@ -172,7 +178,11 @@ def _start(args: argparse.Namespace) -> int:
 
     daemon = LocalVineyardd(args.runtime_dir, socket=args.socket, socket_group=args.socket_group)
     status = daemon.start(
-        args.size, rpc_port=args.rpc_port, allow_public_rpc=args.allow_public_rpc, timeout=args.timeout
+        args.size,
+        rpc_port=args.rpc_port,
+        allow_public_rpc=args.allow_public_rpc,
+        reserve_memory=args.reserve_memory,
+        timeout=args.timeout,
     )
     print(describe(status))
     # Airflow processes find the socket through [fluid] vineyard_socket, else the default runtime dir.
