@@ -221,6 +221,21 @@ def processes_naming(text: str) -> list[psutil.Process]:
     return found
 
 
+def in_object(client, db_value, address: int) -> bool:
+    """True when ``address`` lies in the shared memory of the object behind ``db_value`` (its
+    reference row): a zero-copy view. A table is one IPC-stream blob whose columns are slices of
+    it; an array is its own blob."""
+    import vineyard
+
+    from fluid_airflow.vineyard.client import arrow_stream
+
+    obj = client.get_object(vineyard.ObjectID(db_value["object_id"]))
+    if obj.typename != arrow_stream.TYPENAME:
+        return bool(client.is_shared_memory(address))
+    blob = obj.member(arrow_stream.MEMBER)
+    return bool(client.is_shared_memory(blob.address)) and blob.address <= address < blob.address + blob.size
+
+
 def gone(pid: int, timeout: float = 5.0) -> bool:
     """True once ``pid`` has exited (reaping it when it is our child)."""
     try:

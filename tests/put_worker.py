@@ -2,12 +2,15 @@
 it through the XCom backend exactly as a task's push does, and prints the outcome as JSON.
 
 Usage: ``python tests/put_worker.py <task_id> <columns> <MiB per column> [go-file]``; the
-backend's settings come from the environment (AIRFLOW__FLUID__*).
+backend's settings come from the environment (AIRFLOW__FLUID__*). With ``PAUSE_MID_PUT=<seconds>``
+the put stops that long between allocating its blob and writing it (a put half-way, for the
+tests to kill, stop or suspend something there).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +22,18 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
+    from fluid_airflow.vineyard.client import arrow_stream
     from fluid_airflow.vineyard.xcom import VineyardXComBackend
+
+    pause = float(os.environ.get("PAUSE_MID_PUT") or 0)
+    if pause:
+        populate = arrow_stream.populate
+
+        def pause_then_populate(address: int, size: int) -> None:  # right after create_blob
+            time.sleep(pause)
+            populate(address, size)
+
+        arrow_stream.populate = pause_then_populate
 
     rows = mib * 2**20 // 8
     frame = pd.DataFrame({f"c{i}": np.full(rows, float(i)) for i in range(columns)})

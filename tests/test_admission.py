@@ -78,7 +78,7 @@ def test_value_larger_than_the_store_fails_before_any_allocation(store):
     rows = 5 * MiB // 8
     df = pd.DataFrame({f"c{i}": np.zeros(rows) for i in range(16)})
     needed = admission.payload_nbytes(codec.encode(df).payload)
-    assert needed == 16 * 5 * MiB
+    assert 16 * 5 * MiB < needed < 16 * 5 * MiB + 8192  # the IPC stream: buffers + schema
     push(mib_array(1), task_id="small")
     before = used(store)
 

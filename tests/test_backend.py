@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import own_row
+from conftest import in_object, own_row
 from xcom_values import VALUES, assert_same
 
 from fluid_airflow.exceptions import (
@@ -70,8 +70,9 @@ def test_native_values_are_zero_copy_views(vineyard_client):
     assert not got.flags.writeable and not got.flags.owndata
     assert vineyard_client.is_shared_memory(got.ctypes.data)
     df = pd.DataFrame({"a": arr})
-    got_df = pull(push(df, key="zc_df"))
-    assert vineyard_client.is_shared_memory(got_df["a"].to_numpy().ctypes.data)
+    db_value = push(df, key="zc_df")
+    got_df = pull(db_value)
+    assert in_object(vineyard_client, db_value, got_df["a"].to_numpy().ctypes.data)
 
 
 def test_small_json_stays_inline_and_large_json_goes_to_vineyard(vineyardd, monkeypatch):
@@ -177,20 +178,44 @@ def test_container_with_bad_key_fails_at_push(vineyardd):
         push({1: np.zeros(2)}, key="badkey")
 
 
-def test_value_vineyard_cannot_read_back_fails_at_push(vineyard_client):
-    nested_timestamps = pa.table({"l": pa.array([[1, 2]], pa.list_(pa.timestamp("s")))})
+def test_arrow_types_vineyard_builders_lost_round_trip(vineyard_client):
+    # Vineyard's own Table builder could not read back nested timestamps nor store decimals
+    # (v0.24.2); an IPC stream keeps every Arrow type.
+    import decimal
+
+    table = pa.table(
+        {
+            "l": pa.array([[1, 2], None], pa.list_(pa.timestamp("s", tz="Europe/Paris"))),
+            "d": pa.array([decimal.Decimal("1.5"), None], pa.decimal128(5, 2)),
+            "s": pa.array(["a", None], pa.string()),
+        }
+    )
+    got = pull(push(table, key="types"))
+    assert got.equals(table) and got.schema == table.schema
+
+
+def test_value_read_back_differently_fails_at_push(vineyard_client, monkeypatch):
+    from fluid_airflow.vineyard.client import arrow_stream
+
+    real = arrow_stream.read_table
+    monkeypatch.setattr(arrow_stream, "read_table", lambda client, oid: real(client, oid).slice(1))
     before = used(vineyard_client)
     with pytest.raises(VineyardReadBackError, match="Nothing was recorded"):
-        push(nested_timestamps, key="unreadable")
+        push(pa.table({"a": [1, 2, 3]}), key="unreadable")
     assert used(vineyard_client) == before
 
 
-def test_value_vineyard_cannot_store_fails_at_push(vineyard_client):
-    import decimal
+def test_value_vineyard_cannot_store_fails_at_push(vineyard_client, monkeypatch):
+    from fluid_airflow.vineyard.client import arrow_stream
 
+    def refuse(client, table):
+        client.create_blob(64)  # allocated before failing: must be rolled back
+        raise pa.ArrowNotImplementedError("unsupported type")
+
+    monkeypatch.setattr(arrow_stream, "put_table", refuse)
     before = used(vineyard_client)
-    with pytest.raises(UnsupportedXComValueError, match="decimals"):
-        push(pa.table({"d": [decimal.Decimal("1.5")]}), key="decimal")
+    with pytest.raises(UnsupportedXComValueError, match=r"cannot store this pyarrow\.Table"):
+        push(pa.table({"d": [1.5]}), key="refused")
     assert used(vineyard_client) == before
 
 

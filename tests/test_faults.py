@@ -138,19 +138,19 @@ def test_hung_vineyardd_between_producer_and_consumer(dagbag, store, runtime, mo
 
 
 def test_connection_broken_mid_transfer_is_named_and_the_retry_succeeds(store):
-    """vineyardd dies while a DataFrame's columns are being written (after the first blob)."""
+    """vineyardd dies while a DataFrame is being written (its blob allocated, not yet sealed)."""
     client = VineyardHook(ipc_socket=str(store.socket_path)).get_conn()
     frame = pd.DataFrame({f"c{i}": np.arange(100_000.0) for i in range(8)})
     create_blob, calls = client.create_blob, []
 
     def dies_after_the_first_blob(size):
         calls.append(size)
-        if len(calls) == 2:
-            pid = store.pid()
-            os.kill(pid, signal.SIGKILL)
-            while store.pid() == pid:  # until it is really gone
-                time.sleep(0.01)
-        return create_blob(size)
+        builder = create_blob(size)
+        pid = store.pid()
+        os.kill(pid, signal.SIGKILL)
+        while store.pid() == pid:  # until it is really gone
+            time.sleep(0.01)
+        return builder
 
     client.create_blob = dies_after_the_first_blob
     started = time.monotonic()

@@ -51,9 +51,11 @@ def client_of(daemon):
 held = held_in
 
 
-def worker(task_id: str, columns: int, mib: int, go=None) -> subprocess.Popen[str]:
+def worker(task_id: str, columns: int, mib: int, go=None, pause: float = 0) -> subprocess.Popen[str]:
+    """A producer process (tests/put_worker.py); ``pause``: seconds it stops after allocating."""
     argv = [sys.executable, str(REPO / "tests" / "put_worker.py"), task_id, str(columns), str(mib)]
-    proc = subprocess.Popen([*argv, *([str(go)] if go else [])], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PAUSE_MID_PUT": str(pause)}
+    proc = subprocess.Popen([*argv, *([str(go)] if go else [])], stdout=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:  # log lines may come first
         if line.startswith("OUTCOME "):
             assert json.loads(line.split(" ", 1)[1]) == {"ready": True}
@@ -116,8 +118,8 @@ def test_concurrent_producers_needing_twice_the_store_each_store_or_are_refused(
 
 
 def test_a_producer_killed_mid_put_leaves_nothing_after_gc(store):
-    proc = worker("killed", 16, 48)  # 768 MiB in 16 blobs
-    wait_for_bytes(store, 64 * MiB, 700 * MiB)
+    proc = worker("killed", 16, 48, pause=30)  # 768 MiB in one blob, allocated, not written
+    wait_for_bytes(store, 768 * MiB, 800 * MiB)
     proc.kill()
     proc.wait()
     assert held(store)[0] > 0 and held(store)[2] == 0  # held bytes no name reaches
@@ -135,8 +137,8 @@ def test_a_producer_killed_mid_put_leaves_nothing_after_gc(store):
 
 
 def test_vineyardd_stopped_mid_put_times_out_and_gc_frees_the_rest(store):
-    proc = worker("stopped", 16, 48)
-    wait_for_bytes(store, 64 * MiB, 700 * MiB)
+    proc = worker("stopped", 16, 48, pause=1)
+    wait_for_bytes(store, 768 * MiB, 800 * MiB)
     pid = store.pid()
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
@@ -150,8 +152,8 @@ def test_vineyardd_stopped_mid_put_times_out_and_gc_frees_the_rest(store):
 
 
 def test_gc_never_touches_a_put_in_flight(store):
-    proc = worker("slow", 16, 48)
-    wait_for_bytes(store, 64 * MiB, 700 * MiB)
+    proc = worker("slow", 16, 48, pause=1)
+    wait_for_bytes(store, 768 * MiB, 800 * MiB)
     psutil.Process(proc.pid).suspend()  # the producer stops half-way, its journal alive
     try:
         before = held(store)

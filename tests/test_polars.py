@@ -9,6 +9,7 @@ from datetime import date, datetime
 import numpy as np
 import polars as pl
 import pytest
+from conftest import in_object
 
 from fluid_airflow.exceptions import UnsupportedXComValueError
 from fluid_airflow.vineyard.data.reference import VineyardReference
@@ -63,13 +64,15 @@ def test_polars_series_round_trips_with_its_name(vineyardd):
 def test_polars_numeric_columns_are_zero_copy_views(vineyard_client):
     n = 100_000
     df = pl.DataFrame({"f": np.arange(n, dtype=np.float64), "i": np.arange(n), "s": ["ab"] * n})
-    got = pull(push(df, "zero_copy"))
+    db_value = push(df, "zero_copy")
+    got = pull(db_value)
     for name in ("f", "i"):
         data = got[name].to_numpy(allow_copy=False)
-        assert vineyard_client.is_shared_memory(data.ctypes.data), name
+        assert in_object(vineyard_client, db_value, data.ctypes.data), name
         assert not data.flags.writeable
-    series = pull(push(df["f"], "zero_copy_series"))
-    assert vineyard_client.is_shared_memory(series.to_numpy(allow_copy=False).ctypes.data)
+    db_value = push(df["f"], "zero_copy_series")
+    series = pull(db_value)
+    assert in_object(vineyard_client, db_value, series.to_numpy(allow_copy=False).ctypes.data)
 
 
 def test_lazy_frame_is_refused_with_a_message(vineyard_client):

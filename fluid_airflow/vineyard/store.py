@@ -18,7 +18,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from fluid_airflow import config
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard.client import calls
+from fluid_airflow.vineyard.client import arrow_stream, calls
 from fluid_airflow.vineyard.data import codec
 from fluid_airflow.vineyard.data.naming import XComScope
 from fluid_airflow.vineyard.data.reference import VineyardReference
@@ -68,7 +68,7 @@ def _put(client: Client, encoded: codec.Encoded, original: Any, scope: XComScope
         try:
             # Transient first, persisted below: when the persist cannot reach etcd, the id is
             # known and the object can be deleted instead of staying behind unnamed.
-            object_id = client.put(encoded.payload)
+            object_id = _put_payload(client, encoded.payload)
         except vineyard.NotEnoughMemoryException as exc:
             raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
         except Exception as exc:
@@ -77,7 +77,7 @@ def _put(client: Client, encoded: codec.Encoded, original: Any, scope: XComScope
             raise errors.UnsupportedXComValueError(
                 f"XCom {scope.key!r} of task {scope.task_id!r}: Vineyard cannot store this "
                 f"{encoded.type} ({type(exc).__name__}: {exc}). Convert the columns it cannot hold (e.g. "
-                "decimals to float or str) before returning it.",
+                "extension types to plain numeric or str columns) before returning it.",
                 xcom=scope.describe(),
             ) from exc
         put.stored(object_id)
@@ -133,16 +133,37 @@ def _checked_reference(
             "Nothing was recorded."
         )
     try:
-        stored = client.get(object_id)
+        stored = _fetch(client, object_id, meta.typename)
     except Exception as exc:
         raise errors.VineyardReadBackError(
             f"XCom {scope.key!r} of task {scope.task_id!r}: Vineyard stored the {encoded.type} "
             f"but cannot read it back ({type(exc).__name__}: {str(exc)[:300]}). Nothing was recorded. "
-            "Convert the columns Vineyard cannot hold (e.g. time-zone-aware Arrow timestamps) first."
+            "Convert the columns Vineyard cannot hold to plain numeric or str columns first."
         ) from exc
     codec.check_read_back(encoded, original, stored, ref)
     del stored  # drop the zero-copy views before the name is published
     return ref
+
+
+def _put_payload(client: Client, payload: Any) -> Any:
+    """Put an encoded payload; return the new (transient) object's id.
+
+    Arrow tables go as one IPC-stream blob (:mod:`.client.arrow_stream`: 3 round trips, where
+    Vineyard's Table builder makes one per buffer and array); arrays through Vineyard's builders.
+    """
+    import pyarrow as pa
+
+    if isinstance(payload, pa.Table):
+        return arrow_stream.put_table(client, payload)
+    return client.put(payload)
+
+
+def _fetch(client: Client, object_id: Any, typename: str) -> Any:
+    """What ``object_id`` holds: a ``pyarrow.Table`` for an IPC-stream object, else Vineyard's
+    resolved value (ndarray, or the Table of references written through Vineyard's builders)."""
+    if typename == arrow_stream.TYPENAME:
+        return arrow_stream.read_table(client, object_id)
+    return client.get(object_id)
 
 
 def _expiry() -> str:
@@ -207,10 +228,10 @@ def _get(client: Client, ref: VineyardReference) -> Any:
         migration.count("local", ref)
     else:
         client, object_id = _migrate(client, ref, holder)
+    stored = _fetch(client, object_id, meta.typename)
     if ref.encoding == "json":
-        text = codec.decode(client.get(object_id), ref)
-        return BaseXCom.deserialize_value(_Result(json.loads(text)))
-    return codec.decode(client.get(object_id), ref)
+        return BaseXCom.deserialize_value(_Result(json.loads(codec.decode(stored, ref))))
+    return codec.decode(stored, ref)
 
 
 def _migrate(client: Client, ref: VineyardReference, holder: int) -> tuple[Any, Any]:

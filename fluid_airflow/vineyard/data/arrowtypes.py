@@ -1,10 +1,12 @@
-"""How Arrow types are kept intact in Vineyard (vineyard 0.24.2): widened on the way in, restored on read.
+"""Arrow types in Vineyard: stored as they are now, restored on read for older references.
 
-Vineyard's Arrow builders store ``string``/``binary``/``list`` columns with 64-bit offsets and
-its resolvers return them as ``large_*`` (``python/vineyard/data/arrow.py`` at v0.24.2:
-``binary_or_string_array_builder``, ``list_array_builder``, ``_resize_arrow_type``); temporal
-and half-float columns are stored but cannot be read back (tested), so they travel as integer
-views of the same width. :func:`arrow_storage` records what :func:`restore_arrow` must undo.
+Tables are stored as Arrow IPC streams (:mod:`fluid_airflow.vineyard.client.arrow_stream`), which
+keep every type. References written while tables went through Vineyard's own Arrow builders
+(``vineyard::Table``) record what those changed: ``string``/``binary``/``list`` columns stored with
+64-bit offsets and read back as ``large_*`` (``python/vineyard/data/arrow.py`` at v0.24.2:
+``binary_or_string_array_builder``, ``list_array_builder``, ``_resize_arrow_type``), recorded in
+``cast_columns``; temporal and half-float columns stored as integer views of the same width
+(Vineyard could not read them back), recorded in ``view_columns``. :func:`restore_arrow` undoes both.
 """
 
 from __future__ import annotations
@@ -13,60 +15,18 @@ from typing import Any
 
 
 def arrow_storage(table: Any) -> tuple[Any, dict[str, Any]]:
-    """The table as Vineyard will store it, and what :func:`decode` needs to undo that.
+    """The table as it is stored now, and what :func:`restore_arrow` must undo (nothing).
 
-    Tested on vineyard 0.24.2: string/binary/list columns come back in their ``large_*`` forms
-    (recorded in ``cast_columns``, narrowed on read); timestamp (with or without zone),
-    duration, date, time and float16 columns are stored but cannot be read back at all, so they
-    are stored as zero-copy integer views of the same width, their type recorded in
-    ``view_columns`` and restored (again zero-copy) on read. A RecordBatch is stored as a Table;
-    a table without batches (no rows) is stored as one empty RecordBatch.
+    Tables are stored as one Arrow IPC stream (:mod:`fluid_airflow.vineyard.client.arrow_stream`),
+    which keeps every Arrow type as it is; a RecordBatch is stored as a one-batch Table.
+    References written while tables went through Vineyard's builders carry ``cast_columns`` /
+    ``view_columns``, which :func:`restore_arrow` still undoes.
     """
     import pyarrow as pa
 
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    extra: dict[str, Any] = {}
-    narrow = [i for i, f in enumerate(table.schema) if widen(f.type) != f.type]
-    if narrow:
-        extra["cast_columns"] = narrow
-    views = {str(i): _type_json(f.type) for i, f in enumerate(table.schema) if _int_view(f.type) is not None}
-    for i in views:
-        field = table.schema.field(int(i))
-        target = _int_view(field.type)
-        column = pa.chunked_array([c.view(target) for c in table.column(int(i)).chunks], type=target)
-        table = table.set_column(int(i), field.with_type(target), column)
-    if views:
-        extra["view_columns"] = views
-    if not table.to_batches():
-        # Vineyard's table_builder stores a Table as its batches, and its table_resolver fails
-        # on none (Table.from_batches([]), v0.24.2): an empty table goes as one empty batch.
-        empty = [pa.nulls(0, f.type) for f in table.schema]
-        return pa.RecordBatch.from_arrays(empty, schema=table.schema), extra
-    return table, extra
-
-
-def _int_view(t: Any) -> Any:
-    """The integer type a column of type ``t`` is stored as, or None to store it as it is."""
-    import pyarrow as pa
-
-    if pa.types.is_float16(t):
-        return pa.uint16()
-    if pa.types.is_date32(t) or pa.types.is_time32(t):
-        return pa.int32()
-    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_date64(t) or pa.types.is_time64(t):
-        return pa.int64()
-    return None
-
-
-def _type_json(t: Any) -> dict[str, Any]:
-    import pyarrow as pa
-
-    if pa.types.is_timestamp(t):
-        return {"kind": "timestamp", "unit": t.unit, "tz": t.tz}
-    if pa.types.is_duration(t) or pa.types.is_time32(t) or pa.types.is_time64(t):
-        return {"kind": str(t).split("[")[0], "unit": t.unit}
-    return {"kind": str(t)}  # float16 / halffloat, date32[day], date64[ms]
+    return table, {}
 
 
 def _type_from_json(d: dict[str, Any]) -> Any:

@@ -1,18 +1,19 @@
 """How each XCom value type is stored in Vineyard, read back, and checked.
 
-Vineyard 0.24.2 stores numpy arrays and Arrow data natively, but loses or corrupts some shapes
-silently (tested: ``tests/test_backend.py``, ``tests/test_frames.py``): Arrow ``string`` comes back as
-``large_string``, temporal Arrow columns cannot be read back, string ndarrays come back as
-``object``, its pandas builder drops extension dtypes and pandas 3 strings, and anything
-unknown silently falls back to pickle. So this module decides the encoding up front, and
+Vineyard 0.24.2 stores numpy arrays natively, but loses or corrupts some shapes silently (tested:
+``tests/test_backend.py``, ``tests/test_frames.py``): string ndarrays come back as ``object``, its
+Arrow builders returned ``string`` as ``large_string`` and could not read temporal columns back, its
+pandas builder drops extension dtypes and pandas 3 strings, and anything unknown silently falls
+back to pickle. So tables go as Arrow IPC streams (:mod:`fluid_airflow.vineyard.client.arrow_stream`,
+every Arrow type as it is), this module decides the encoding up front, and
 :func:`check_read_back` compares what Vineyard holds with what was put, in the producer,
 before the XCom is recorded.
 
 Encodings (``VineyardReference.encoding``):
-- ``vineyard``: numpy arrays as Vineyard ``Tensor``; Arrow Tables/RecordBatches/Arrays as
-  Vineyard ``Table`` (:mod:`.arrowtypes`). Read zero-copy.
+- ``vineyard``: numpy arrays as Vineyard ``Tensor``; Arrow Tables/RecordBatches/Arrays as an
+  IPC-stream object (older references: Vineyard ``Table``, :mod:`.arrowtypes`). Read zero-copy.
 - ``arrow``: pandas DataFrames and Series (:mod:`.frames`) and polars DataFrames/Series
-  (:mod:`.optional_types`), as Vineyard ``Table`` with what is needed to rebuild them exactly.
+  (:mod:`.optional_types`), as an IPC-stream object with what is needed to rebuild them exactly.
 - ``tensor``: torch tensors (:mod:`.optional_types`), as a Vineyard ``Tensor`` of their bytes.
 - ``json``: Airflow-serialised JSON text above the inline threshold, as a ``uint8`` tensor.
 - ``vineyard`` for pandas types: references written before pandas went through Arrow
@@ -148,9 +149,9 @@ def _encode_ndarray(arr: Any) -> Encoded:
 def decode(stored: Any, ref: VineyardReference) -> Any:
     """Turn what ``client.get`` returned into the value the producer returned.
 
-    Zero-copy except where a column must be rebuilt: string ndarrays, Arrow ``string`` (not
-    ``large_string``) columns, object string columns of pandas frames, nullable and categorical
-    pandas columns (see :mod:`.frames`).
+    Zero-copy except where a column must be rebuilt: string ndarrays, object string columns of
+    pandas frames, nullable and categorical pandas columns (see :mod:`.frames`), and the
+    ``string`` columns of older references, which Vineyard's builders stored as ``large_string``.
     """
     import numpy as np
 

@@ -74,7 +74,11 @@ def encode(value: Any, floor: int) -> dict[str, Any] | None:
     or DataFrame, payload not below ``floor`` bytes, or no exact inline form."""
     import pandas as pd
 
-    # The shallow size is a lower bound: a big frame is told apart without scanning its strings.
+    # A lower bound tells a big frame apart without asking pandas for sizes (its first
+    # memory_usage call in a task process costs ~5 ms, measured): every cell takes at least one
+    # bit (Arrow-backed booleans), so rows x columns / 8 bytes at least.
+    if type(value) is pd.DataFrame and value.shape[0] * value.shape[1] // 8 >= floor:
+        return None
     if type(value) is pd.DataFrame and int(value.memory_usage(deep=False, index=True).sum()) >= floor:
         return None
     size = payload_bytes(value)

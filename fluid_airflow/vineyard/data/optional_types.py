@@ -4,9 +4,9 @@ Both libraries are optional (extras ``polars`` and ``torch``); this module impor
 when a value of theirs is pushed or read.
 
 - polars ``DataFrame``/``Series``: converted to Arrow with ``to_arrow(compat_level=oldest)``
-  (``large_string``/``large_binary``, which Vineyard's Arrow builders store; the newer
-  ``string_view`` has no builder in vineyard 0.24.2, ``python/vineyard/data/arrow.py``), stored
-  as a Vineyard ``Table`` (encoding ``arrow``) and rebuilt with ``pl.from_arrow(...,
+  (``large_string``/``large_binary``: pandas and older readers of the stream know them; the
+  newer ``string_view`` they may not), stored as an Arrow IPC stream (encoding ``arrow``,
+  :mod:`fluid_airflow.vineyard.client.arrow_stream`) and rebuilt with ``pl.from_arrow(...,
   rechunk=False)``: numeric columns keep pointing at shared memory; polars copies strings into
   its own view layout. A ``LazyFrame`` is a query plan, not data, and is refused.
 - torch tensors (CPU, dense): stored as a Vineyard ``Tensor`` over the tensor's own buffer

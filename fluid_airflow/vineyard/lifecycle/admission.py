@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
 from fluid_airflow.units import format_bytes
+from fluid_airflow.vineyard.client import arrow_stream
 from fluid_airflow.vineyard.client.calls import LIST_LIMIT
 from fluid_airflow.vineyard.data import naming
 
@@ -56,15 +57,15 @@ class Holder(NamedTuple):
 def payload_nbytes(payload: Any) -> int:
     """Estimate the bytes Vineyard will allocate to store ``payload`` (an ``Encoded.payload``).
 
-    An estimate, exact for numeric data and for ASCII strings (checked against
+    An estimate, exact for numeric data and Arrow data (checked against
     ``ObjectMeta.memory_usage`` on vineyard 0.24.2):
 
     - ndarray: ``nbytes``; a ``str`` (``<U``) array is stored as UTF-8 text plus 64-bit offsets,
       estimated as ``itemsize / 4`` bytes per element (its longest string, ASCII) plus 8.
-    - Arrow Table / RecordBatch / Array / ChunkedArray (also what pandas and polars frames are
-      encoded as, :mod:`.frames`): the sum of the Arrow buffer sizes (``nbytes``, no per-cell
-      work) plus 4 bytes per row and chunk for each ``string`` / ``binary`` / ``list`` column,
-      which Vineyard stores with 64-bit (``large_*``) offsets.
+    - Arrow Table / RecordBatch (also what pandas and polars frames are encoded as,
+      :mod:`.frames`): the size of its IPC stream, exactly the blob it is stored in
+      (:func:`fluid_airflow.vineyard.client.arrow_stream.stream_size`: counted by Arrow's writer
+      on a mock sink, no copy, no per-cell work); an Array / ChunkedArray: its buffer sizes.
     - ``str`` / ``bytes``: their length in UTF-8.
     - anything else: 0 (not estimated; the put itself decides).
     """
@@ -97,21 +98,11 @@ def _arrow_nbytes(data: Any) -> int:
 
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
-    if isinstance(data, pa.Array):
-        data = pa.chunked_array([data])
-    if isinstance(data, pa.ChunkedArray):
-        columns = [data]
-    elif isinstance(data, pa.Table):
-        columns = data.columns
-    else:
-        return 0
-    total = 0
-    for column in columns:
-        total += int(column.nbytes)
-        kind = column.type
-        if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_list(kind):
-            total += 4 * len(column) + 8 * column.num_chunks
-    return total
+    if isinstance(data, pa.Table):
+        return arrow_stream.stream_size(data)
+    if isinstance(data, (pa.Array, pa.ChunkedArray)):
+        return int(data.nbytes)
+    return 0
 
 
 def holders(client: Client, prefix: str) -> list[Holder]:
