@@ -69,3 +69,38 @@ def test_the_deprecated_pkg_resources_warns_no_more(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"  # the real (old-setuptools) module stays
     assert done.stderr == ""
+
+
+DEFERRED = textwrap.dedent(
+    """
+    import subprocess, sys
+    runs = []
+    popen = subprocess.Popen.__init__
+    def spy(self, args, *more, **kwargs):
+        runs.append(str(args))
+        popen(self, args, *more, **kwargs)
+    subprocess.Popen.__init__ = spy
+    import fluid_airflow
+    import vineyard
+    assert "kubernetes" not in sys.modules, "the kubernetes client was imported"
+    assert not [r for r in runs if "vineyardctl" in r], runs
+    import vineyard.deploy.kubernetes as k8s
+    import vineyard.deploy.utils as utils
+    import kubernetes.client
+    assert utils.kubernetes.client.CoreV1Api is kubernetes.client.CoreV1Api
+    assert k8s.kubernetes.config.load_kube_config is kubernetes.config.load_kube_config
+    assert vineyard.deploy.vineyardctl.deploy is not None  # a subcommand of vineyard's own command
+    assert [r for r in runs if "vineyardctl" in r], "vineyardctl never ran"
+    assert vineyard.deploy.vineyardctl is vineyard.deploy.ctl.vineyardctl
+    assert type(vineyard.deploy.vineyardctl).__name__ != "_CommandOnFirstUse"
+    print("ok")
+    """
+)
+
+
+def test_kubernetes_client_and_vineyardctl_wait_for_first_use():
+    # 0.7 s of every task process's vineyard import (measured): vineyard's Kubernetes helpers and its
+    # vineyardctl command still work, built when first used.
+    done = _python(DEFERRED)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok" and done.stderr == ""
