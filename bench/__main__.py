@@ -1,8 +1,9 @@
 """``python -m bench`` (``make bench``): run both levels, write the report, print the final line.
 
 Everything the run creates lives in three temporary folders (a short one in /tmp for the
-vineyardd socket, one on local disk, one in /dev/shm), removed at the end, also on failure or
-Ctrl-C; every vineyardd and worker process started here is stopped by its own handle.
+vineyardd socket, one on local disk, one in /dev/shm) and in the Airflow deployments' own temporary
+folders (``tests/deployment.py``), removed at the end, also on failure or Ctrl-C; every vineyardd,
+worker and deployment started here is stopped by its own handle or process group.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def main() -> int:
         if settings.dag_scales:
             from bench.dag_level import run_dag_level
 
-            print(f"bench: DAG level, flights DAG at scale {', '.join(f'x{s}' for s in settings.dag_scales)}")
-            dag_runs = run_dag_level(ws, settings.dag_scales, vineyardd)
+            scales = ", ".join(f"x{s}" for s in settings.dag_scales)
+            print(f"bench: DAG level, flights DAG at scale {scales}, real scheduler, one deployment per run")
+            dag_runs = run_dag_level(ws, settings.dag_scales)
         from bench.cluster_level import run_cluster_level
 
         cluster_size = min(16 * MiB if settings.quick else 256 * MiB, settings.max_bytes)
@@ -164,7 +166,9 @@ def main() -> int:
         fluid_overhead = measure_fluid_overhead(runs=1 if settings.quick else 3)["overhead_s"]
         elapsed = time.monotonic() - started
         speedup = report.write(settings, peers, cases, dag_runs, elapsed, cluster_reads)
-        keys = report.issue_keys(cases)
+        from bench.dag_level import speedup_key
+
+        keys = [*report.issue_keys(cases), speedup_key(dag_runs)]
     finally:  # every step, even if an earlier one fails
         for worker in workers:
             _cleanup(f"stopping the {worker.role} worker", worker.close)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
 DAG_ID = "fa_fluid_overhead"
 
 
@@ -37,11 +35,9 @@ def measure(runs: int = 2) -> dict[str, Any]:
     :returns: ``{"overhead_s": float, "fluid_s": [...], "plain_s": [...]}`` (seconds).
     :raises RuntimeError: a run did not succeed (its task states are in the message).
     """
-    if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))
-    from deployment import Deployment
+    from bench import deployment_class
 
-    deployment = Deployment()
+    deployment = deployment_class()()
     samples: dict[str, list[float]] = {"plain": [], "fluid": []}
     try:
         deployment.start()

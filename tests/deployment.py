@@ -2,8 +2,10 @@
 
 What a user runs, on this machine: LocalExecutor (every task is its own process under the Task SDK
 supervisor, with the supervisor's environment: no DB access, server process context), SQLite in a
-fresh ``AIRFLOW_HOME``, a vineyardd of its own (``LocalVineyardd``, 2 GiB) that ``[fluid]`` points
-at, the simple auth manager with JWT tokens, runs triggered and cleared through the REST API.
+fresh ``AIRFLOW_HOME``, a vineyardd of its own (``LocalVineyardd``, 2 GiB unless told otherwise) that
+``[fluid]`` points at, the simple auth manager with JWT tokens, runs triggered and cleared through the
+REST API. ``bench/`` runs its real-scheduler benchmarks on it too (bench imports this module, never
+the reverse).
 
 Every process is started in its own session (process group) and stopped by that group's id;
 its output is kept in ``<home>/logs/<component>.log`` and tailed into assertion messages.
@@ -33,6 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,11 @@ def _tail(path: Path, lines: int = 30) -> str:
 class Deployment:
     """One Airflow deployment on loopback ports. Build with extra ``env``, then :meth:`start`.
 
-    :param env: settings on top of the defaults below, e.g. ``{"AIRFLOW__FLUID__KEEP_FOR": "3600"}``.
+    :param dag_files: the files the DAGs folder holds (as symlinks); default: every ``.py`` of
+        ``dags/`` and ``tests/dags/``.
+    :param vineyard_size: the vineyardd's shared memory (``2Gi``, ``8192Mi``: see ``parse_size``).
+    :param env: settings on top of the defaults below, e.g. ``{"AIRFLOW__FLUID__KEEP_FOR": "3600"}``
+        or another ``AIRFLOW__CORE__XCOM_BACKEND``.
         Defaults: LocalExecutor, parallelism 4, DAGs unpaused at creation, the VineyardXComBackend,
         ``[fluid]`` pointing at this deployment's vineyardd, provider defaults for everything else
         (as users run it: ``[fluid] keep_for`` is 0, so runs are released at run end, and small
@@ -80,7 +87,13 @@ class Deployment:
     ``token`` (admin's JWT).
     """
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        dag_files: Iterable[Path] | None = None,
+        vineyard_size: str = "2Gi",
+    ) -> None:
         from fluid_airflow.vineyard.local.daemon import LocalVineyardd
 
         self.home = Path(tempfile.mkdtemp(prefix="fa-dep-"))
@@ -89,15 +102,18 @@ class Deployment:
         self.vineyardd = LocalVineyardd(self.runtime)
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = self._environment(env or {})
+        self.vineyard_size = vineyard_size
+        if dag_files is None:
+            dag_files = [*sorted((REPO / "dags").glob("*.py")), *sorted((REPO / "tests/dags").glob("*.py"))]
+        self.env = self._environment(env or {}, dag_files)
         self.token = ""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._parsed: set[str] = set()
 
-    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
+    def _environment(self, extra: dict[str, str], dag_files: Iterable[Path]) -> dict[str, str]:
         dags = self.home / "dags"
         dags.mkdir()
-        for dag_file in [*sorted((REPO / "dags").glob("*.py")), *sorted((REPO / "tests/dags").glob("*.py"))]:
+        for dag_file in dag_files:
             (dags / dag_file.name).symlink_to(dag_file)
         (self.home / "logs").mkdir()
         (self.home / "passwords.json").write_text(json.dumps(PASSWORDS))
@@ -142,7 +158,7 @@ class Deployment:
         :raises DeploymentError: a component exited or the health endpoint did not report every
             component healthy within ``timeout`` seconds.
         """
-        self.vineyardd.start("2Gi")
+        self.vineyardd.start(self.vineyard_size)
         migrate = subprocess.run(
             [str(BIN / "airflow"), "db", "migrate"], env=self.env, capture_output=True, text=True
         )
@@ -183,6 +199,16 @@ class Deployment:
                 child.kill()
                 child.wait(10)
         self.vineyardd.stop(timeout=10)
+
+    def processes(self) -> list[psutil.Process]:
+        """The components' processes and their descendants (executor workers, task supervisors,
+        task processes) as they are now; vineyardd is not one of them."""
+        found = []
+        for proc in self._procs.values():
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(proc.pid))
+            found += _children(proc.pid)
+        return found
 
     def log_path(self, component: str) -> Path:
         """``<home>/logs/<component>.log``: the component's stdout and stderr."""
@@ -294,9 +320,14 @@ class Deployment:
             raise DeploymentError(f"POST /api/v2/dags/{dag_id}/dagRuns -> {status}: {run}")
         return str(run["dag_run_id"])
 
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """The run as the REST API returns it (``state``, ``start_date``, ``end_date``, ``duration``
+        in seconds, ...; ``DAGRunResponse`` of ``api_fastapi/core_api/datamodels/dag_run.py``)."""
+        return dict(self._ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}"))
+
     def run_state(self, dag_id: str, run_id: str) -> str:
         """The run's current state (``queued``, ``running``, ``success``, ``failed``)."""
-        return str(self._ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}")["state"])
+        return str(self.dag_run(dag_id, run_id)["state"])
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 300.0) -> str:
         """Wait until the run is ``success`` or ``failed``; return that state.
