@@ -53,6 +53,9 @@ def _read(mode: str, ref_file: str, socket: str, rpc: str) -> None:
     before = _status()["RssAnon"]
     started = time.perf_counter()
     if mode.startswith("rpc"):
+        from fluid_airflow.vineyard.client.arrow_stream import register_resolver
+
+        register_resolver()  # a plain vineyard client, which then reads our table objects
         host, port = rpc.rsplit(":", 1)
         client = vineyard.connect(host, int(port))
         client.compression = mode == "rpc_compressed"

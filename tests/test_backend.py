@@ -261,3 +261,15 @@ def test_purge_of_a_row_holding_another_dags_reference_deletes_nothing(vineyard_
     with pytest.raises(VineyardObjectLostError):
         pull(ours)
     Backend.purge(own_row(theirs))
+
+
+def test_a_plain_vineyard_client_gets_a_stored_table(vineyard_client):
+    import vineyard
+
+    from fluid_airflow.vineyard.client.arrow_stream import register_resolver
+
+    table = pa.table({"a": [1, 2], "s": ["x", None]})
+    db_value = push(table, key="plain_client")
+    register_resolver()
+    got = vineyard_client.get(vineyard.ObjectID(db_value["object_id"]))
+    assert isinstance(got, pa.Table) and got.equals(table)

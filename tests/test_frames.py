@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 from conftest import in_object
 
-from fluid_airflow.exceptions import VineyardReadBackError
-from fluid_airflow.vineyard.data import codec, frames
+from fluid_airflow.exceptions import UnsupportedXComValueError, VineyardReadBackError
+from fluid_airflow.vineyard.data import codec, frames, strings
 from fluid_airflow.vineyard.lifecycle import admission
 from fluid_airflow.vineyard.xcom import VineyardXComBackend as Backend
 
@@ -110,7 +110,7 @@ def test_numeric_and_arrow_string_columns_are_zero_copy(vineyard_client, monkeyp
     def no_python_strings(column):
         raise AssertionError("Arrow-backed strings were turned into Python objects")
 
-    monkeypatch.setattr(frames, "_object_strings", no_python_strings)
+    monkeypatch.setattr(strings, "decode", no_python_strings)
     got = pull(db_value)
     pd.testing.assert_frame_equal(got, df)
     for name in ("f", "i", "t"):
@@ -128,6 +128,24 @@ def test_object_strings_are_rebuilt_deduplicated(vineyardd):
     got = pull(push(df, "dedup"))
     assert got["s"].dtype == object
     assert len({id(v) for v in got["s"].to_numpy()}) == 2  # one str object per distinct value
+
+
+def test_object_strings_sharing_few_objects_are_stored_by_identity(vineyardd):
+    n = strings.SHARED_FROM * 2
+    values = np.array(["AA", "B6", None, "ünïcode"], dtype=object)[np.arange(n) % 4]
+    df = pd.DataFrame({"s": pd.Series(values, dtype=object), "v": np.arange(n)})  # pandas 3: not str
+    encoded = codec.encode(df)
+    assert pa.types.is_dictionary(encoded.payload.schema.field("s").type)  # 4 objects, converted once
+    got = round_trip(df, "shared_strings")
+    assert got["s"].dtype == object and got["s"].isna().sum() == n // 4
+    assert len({id(v) for v in got["s"].to_numpy()}) == 4  # one object per distinct value
+    # Mostly distinct objects, or not only strings: every cell converted by Arrow, as before.
+    distinct = pd.DataFrame({"s": pd.Series([f"id-{i}" for i in range(n)], dtype=object)})
+    assert codec.encode(distinct).payload.schema.field("s").type == pa.string()
+    round_trip(distinct, "distinct_strings")
+    mixed = pd.DataFrame({"s": np.array(["a", 1], dtype=object)[np.arange(n) % 2]})
+    with pytest.raises(UnsupportedXComValueError, match="Arrow cannot convert"):
+        push(mixed, "mixed_objects")
 
 
 def test_one_mutability_rule_for_numeric_and_mixed_frames(vineyardd):

@@ -27,7 +27,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
-from fluid_airflow.vineyard.client import calls
+from fluid_airflow.vineyard.client import arrow_stream, calls
 
 if TYPE_CHECKING:
     from vineyard import Client
@@ -237,6 +237,8 @@ def _connect(kind: str, where: str, timeout: float) -> Any:
     # Without this, a missing socket costs 10 s of silent retries (docs/design.md §4).
     os.environ.setdefault("VINEYARD_IPC_SKIP_RETRY", "1")
     import vineyard
+
+    arrow_stream.register_resolver()  # client.get of our table objects, also by users' own code
 
     if kind == "ipc":
         try:

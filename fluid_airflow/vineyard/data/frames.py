@@ -36,6 +36,7 @@ from typing import Any
 # Module import, not names: Airflow may load this module while fluid_airflow.exceptions is
 # still initialising (it imports airflow, whose config loads the XCom backend).
 from fluid_airflow import exceptions as errors
+from fluid_airflow.vineyard.data import strings
 from fluid_airflow.vineyard.data.arrowtypes import arrow_storage, restore_arrow, widen
 from fluid_airflow.vineyard.data.difference import value_difference
 from fluid_airflow.vineyard.data.encoded import Encoded
@@ -130,7 +131,8 @@ def _arrow_ready(frame: Any) -> Any:
     """``frame`` with columns pre-converted to Arrow where ``from_pandas`` would waste a pass
     (a shallow copy; the data of numeric columns is not copied). Object string columns are left
     to ``from_pandas``, which checks and converts them in one pass into ``string`` (32-bit
-    offsets, chunked past 2 GiB; measured 30% faster than building ``large_string``).
+    offsets, chunked past 2 GiB; measured 30% faster than building ``large_string``), unless
+    their cells share few objects: then :func:`.strings.encode` stores them as a dictionary.
 
     - int, uint and float columns: wrapped without ``from_pandas``'s NaN-to-null scan (a full
       pass over every float column, measured ~0.16 s per GiB); NaN stays NaN, so the column
@@ -150,6 +152,10 @@ def _arrow_ready(frame: Any) -> Any:
             continue
         if dtype.kind in "iuf":
             found.append((i, pa.array(column.to_numpy())))
+        elif dtype.kind == "O":
+            shared = strings.encode(column.to_numpy())
+            if shared is not None:
+                found.append((i, shared))
     if not found:
         return frame
     shallow = frame.copy(deep=False)
@@ -221,7 +227,7 @@ def _to_pandas(table: Any, extra: dict[str, Any]) -> Any:
     for i in set(_object_string_columns(table)) - set(specs):
         # Under pandas 3 Arrow turns every string column into ``str``; a column that was object
         # is converted on its own, without a pandas dtype, to stay object (deduplicated).
-        rebuilt[i] = _object_strings(table.column(i))
+        rebuilt[i] = strings.decode(table.column(i))
     for i, spec in specs.items():
         rebuilt[i] = _arrow_backed(table.column(i), spec)
     # Stand-ins Arrow converts for free (untouched calloc'd zeros, zero-copy), then replaced: a
@@ -238,30 +244,6 @@ def _to_pandas(table: Any, extra: dict[str, Any]) -> Any:
         frame.index = _object_levels(frame.index, levels)
     read_only(frame)
     return frame
-
-
-def _object_strings(column: Any) -> Any:
-    """An object ndarray of ``column``'s strings, one ``str`` per distinct value per chunk.
-
-    Arrow's ``to_pandas(deduplicate_objects=True)`` does this under pandas 2, but under pandas 3
-    pyarrow makes any string column ``str`` (``_array_like_to_pandas``, pyarrow 26), so the
-    strings are built from a dictionary encoding instead (measured: as fast as pandas 2's path).
-    """
-    import numpy as np
-    import pyarrow.compute as pc
-
-    parts = []
-    for chunk in column.chunks:
-        encoded = pc.dictionary_encode(chunk)
-        uniques = encoded.dictionary.to_numpy(zero_copy_only=False)
-        indices = encoded.indices
-        if indices.null_count:
-            uniques = np.append(uniques, np.array([None], dtype=object))
-            indices = indices.fill_null(len(uniques) - 1)
-        parts.append(uniques[indices.to_numpy()])
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
 
 
 def _object_levels(index: Any, levels: list[int]) -> Any:
@@ -289,18 +271,22 @@ def _arrow_backed(column: Any, spec: Any) -> Any:
 
 
 def _object_string_columns(table: Any) -> list[int]:
-    """Data columns stored from object strings, when this pandas would make them ``str``."""
+    """Data columns stored from object strings that Arrow would not give back as object strings:
+    dictionary-encoded ones (:mod:`.strings`; Arrow makes them categorical), and all of them when
+    this pandas would make them ``str`` (pandas 3)."""
     import pyarrow as pa
     from pyarrow.pandas_compat import _pandas_api
 
     meta = table.schema.pandas_metadata
-    if not _pandas_api.uses_string_dtype() or meta is None:
+    if meta is None:
         return []
+    string_dtype = _pandas_api.uses_string_dtype()
     index_columns = {c for c in meta["index_columns"] if isinstance(c, str)}
     found = []
     for i, (field, entry) in enumerate(zip(table.schema, meta["columns"], strict=False)):
-        strings = pa.types.is_large_string(field.type) or pa.types.is_string(field.type)
-        if strings and entry.get("numpy_type") == "object" and field.name not in index_columns:
+        if entry.get("numpy_type") != "object" or field.name in index_columns:
+            continue
+        if strings.is_strings(field.type) and (string_dtype or pa.types.is_dictionary(field.type)):
             found.append(i)
     return found
 
