@@ -23,6 +23,17 @@ def test_mapped_dag_through_every_pull_path(deployment):
     assert all(is_reference(r) for r in refs) and len({r["name"] for r in refs}) == 3
 
 
+def test_every_type_round_trips_under_the_scheduler(deployment):
+    # Each value pushed and pulled in task processes of their own, under the supervisor (no DB access):
+    # every string flavour with nulls, object strings stored as a dictionary, decimals, polars, ...
+    from test_dags import fa_types_kinds
+
+    run_id = deployment.trigger("fa_types")
+    assert deployment.wait_run("fa_types", run_id) == "success", deployment.failed_logs("fa_types", run_id)
+    got = deployment.xcom_rows("fa_types", run_id)
+    assert got[("check", -1, "return_value")] == dict.fromkeys(fa_types_kinds(), True)
+
+
 def test_retried_task_succeeds_on_its_second_try(deployment):
     run_id = deployment.trigger("fa_retry")
     assert deployment.wait_run("fa_retry", run_id) == "success", deployment.task_states("fa_retry", run_id)

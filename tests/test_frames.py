@@ -244,3 +244,16 @@ def test_pandas_default_string_frame_stays_inline(vineyardd, monkeypatch):
     assert repr(got["s"].dtype) == repr(df["s"].dtype)
     with pytest.raises(VineyardReadBackError, match="columns"):  # the same rule as for big frames
         push(pd.DataFrame({0: [1.0], "b": [2.0]}), "mixed_labels_small")
+
+
+def test_decimal_and_zoned_timestamp_columns_round_trip(vineyardd):
+    # Vineyard's Table builder could not store decimals nor read zoned timestamps back (v0.24.2).
+    import decimal
+
+    df = pd.DataFrame(
+        {
+            "d": pd.Series([decimal.Decimal("1.50"), None, decimal.Decimal("-2.25")], dtype=object),
+            "t": pd.date_range("2026-01-01", periods=3, freq="h", tz="Europe/Paris"),
+        }
+    )
+    round_trip(df, "decimals")

@@ -1,10 +1,27 @@
-"""Test DAG: every supported type goes through Airflow and the backend, and comes back equal."""
+"""Test DAG: every supported type goes through Airflow and the backend, and comes back equal,
+dtypes included (pandas 2 or 3, whichever is installed; polars and torch when installed)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 from airflow.sdk import dag, task
 
-KINDS = ["ndarray", "df_mixed", "df_extension", "df_multiindex", "series", "arrow_table", "arrow_array"]
+KINDS = [
+    "ndarray",
+    "df_mixed",
+    "df_extension",
+    "df_multiindex",
+    "series",
+    "arrow_table",
+    "arrow_array",
+    "df_strings",
+    "df_shared_strings",
+    "df_decimal",
+]
+# Optional extras: only where the package is installed (parse time: a spec lookup, no import).
+OPTIONAL = (("polars_df", "polars"), ("torch_tensor", "torch"))
+KINDS += [kind for kind, module in OPTIONAL if importlib.util.find_spec(module)]
 
 
 def build(kind: str):
@@ -42,6 +59,32 @@ def build(kind: str):
         return pa.table({"id": [1, 2, 3], "name": ["a", "b", None], "tags": [["x"], [], ["y", "z"]]})
     if kind == "arrow_array":
         return pa.array(["u", None, "w"])
+    if kind == "df_strings":  # every string flavour, each with a null
+        cells = ["a", None, "c"]
+        return pd.DataFrame(
+            {
+                "object": pd.Series(cells, dtype=object),
+                "python": pd.Series(cells, dtype="string[python]"),
+                "pyarrow": pd.Series(cells, dtype="string[pyarrow]"),
+                "str": pd.Series(cells, dtype=pd.StringDtype("pyarrow", na_value=np.nan)),  # pandas 3's str
+                "arrow": pd.Series(cells, dtype=pd.ArrowDtype(pa.large_string())),
+            }
+        )
+    if kind == "df_shared_strings":  # object cells sharing 3 objects: stored as a dictionary
+        column = np.array(["AA", "B6", None], dtype=object)[np.arange(70_000) % 3]
+        return pd.DataFrame({"carrier": pd.Series(column, dtype=object), "v": np.arange(70_000.0)})
+    if kind == "df_decimal":
+        import decimal
+
+        return pd.DataFrame({"d": pd.Series([decimal.Decimal("1.25"), None], dtype=object)})
+    if kind == "polars_df":
+        import polars as pl
+
+        return pl.DataFrame({"x": [1.5, None, 3.0], "s": ["p", None, "r"]})
+    if kind == "torch_tensor":
+        import torch
+
+        return torch.arange(12, dtype=torch.float32).reshape(3, 4)
     raise ValueError(kind)
 
 
@@ -50,8 +93,14 @@ def same(kind: str, got) -> bool:
     import pandas as pd
 
     want = build(kind)
-    if isinstance(want, pd.DataFrame):
+    module = type(want).__module__.split(".")[0]
+    if module == "polars":
+        assert got.equals(want, null_equal=True) and got.schema == want.schema, (got, want)
+    elif module == "torch":
+        assert type(got) is type(want) and got.dtype == want.dtype and bool((got == want).all())
+    elif isinstance(want, pd.DataFrame):
         pd.testing.assert_frame_equal(got, want)
+        assert list(got.dtypes) == list(want.dtypes), (list(got.dtypes), list(want.dtypes))
     elif isinstance(want, pd.Series):
         pd.testing.assert_series_equal(got, want)
     elif isinstance(want, np.ndarray):
