@@ -56,7 +56,7 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-# Benchmarks (bench/): writes docs/bench.md and docs/bench.png; about 12 minutes on 2 cores.
+# Benchmarks (bench/): writes docs/bench.md, bench.png and bench.json; about 23 minutes on 2 cores.
 # BENCH_MAX=256Mi caps the sizes, BENCH_QUICK=1 is a one-minute smoke run (report in artifacts/).
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
