@@ -238,8 +238,12 @@ class ControlPlane:
         home = self.dir / "fluid-home"
         home.mkdir()
         (home / "charts").symlink_to(self.root / "charts")
+        # Fluid writes each runtime's Helm values to os.TempDir() and leaves them
+        # (pkg/ddc/vineyard/master_internal.go, os.CreateTemp): keep them in the plane's folder.
+        (home / "tmp").mkdir()
         env = {
             **_base_env(),
+            "TMPDIR": str(home / "tmp"),
             "PATH": f"{self.bin}:/usr/bin:/bin",
             "HOME": str(home),
             "KUBECONFIG": str(self.admin_kubeconfig),
