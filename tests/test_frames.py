@@ -257,3 +257,12 @@ def test_decimal_and_zoned_timestamp_columns_round_trip(vineyardd):
         }
     )
     round_trip(df, "decimals")
+
+
+def test_values_arrow_cannot_convert_are_refused_naming_the_fix(vineyardd):
+    huge = pd.DataFrame({"n": pd.Series([1, 2**70], dtype=object)})  # beyond int64: OverflowError
+    with pytest.raises(UnsupportedXComValueError, match=r"OverflowError.*beyond 64 bits as str"):
+        push(huge, "huge_int")
+    complex_frame = pd.DataFrame({"z": np.array([1 + 2j, 3j])})
+    with pytest.raises(UnsupportedXComValueError, match=r"complex columns as two float columns"):
+        push(complex_frame, "complex")

@@ -44,10 +44,11 @@ def _wait(what, check, timeout: float = 120.0, interval: float = 0.001):
 
 
 def _mid_put(dep, pid_file) -> int:
-    """The producer's pid, once its put is half-way (between 64 and 700 MiB of 768 written)."""
+    """The producer's pid, once its put is half-way: its 768 MiB blob allocated, not yet written
+    (the first try pauses there, tests/dags/fa_big_put.py)."""
     pid = int(_wait(f"{pid_file}", lambda: pid_file.exists() and pid_file.read_text(), interval=0.01))
     client = dep.vineyard_client()
-    _wait("a put half-way", lambda: 64 * MiB <= int(client.status.memory_usage) <= 700 * MiB)
+    _wait("a put half-way", lambda: 768 * MiB <= int(client.status.memory_usage) <= 800 * MiB)
     return pid
 
 
@@ -69,7 +70,7 @@ def test_task_killed_mid_put_retries_and_leaves_nothing(dep, tmp_path):
 
 
 def test_vineyardd_stopped_mid_put_times_out_retries_and_leaves_nothing(dep, tmp_path):
-    run_id = dep.trigger("fa_big_put", conf={"pid_dir": str(tmp_path)})
+    run_id = dep.trigger("fa_big_put", conf={"pid_dir": str(tmp_path), "pause": 2})
     _mid_put(dep, tmp_path / "1")
     vineyardd = dep.vineyardd.pid()
     os.kill(vineyardd, signal.SIGSTOP)

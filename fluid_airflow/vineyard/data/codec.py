@@ -164,6 +164,11 @@ def decode(stored: Any, ref: VineyardReference) -> Any:
         return frames.decode(stored, ref)
     if ref.type == "numpy.ndarray" and "astype" in extra:
         return np.asarray(stored).astype(extra["astype"])
+    if ref.type == "numpy.ndarray":
+        # A plain ndarray view (no copy; read-only, its base keeps Vineyard's mapping alive), not
+        # vineyard.data.tensor.ndarray, whose reductions give 0-d arrays where numpy gives scalars
+        # (json.dumps(a.mean()) fails) and which inline arrays are not.
+        return np.asarray(stored)
     if ref.type in _ARROW_TYPES:
         return _decode_arrow(stored, ref.type, extra)
     if "index_freq" in extra:  # a pandas value stored by Vineyard's pandas builder (older refs)

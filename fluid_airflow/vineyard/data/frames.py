@@ -101,10 +101,12 @@ def _to_table(frame: Any, what: str) -> tuple[Any, dict[str, Any]]:
         threads = frame.shape[0] * frame.shape[1] * 8 >= THREADS_FROM  # about: 8 bytes a cell
         ready = _arrow_ready(frame)
         table = pa.Table.from_pandas(ready, preserve_index=None, nthreads=None if threads else 1)
-    except (pa.ArrowException, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise errors.UnsupportedXComValueError(
             f"pandas {what} cannot be stored: Arrow cannot convert it ({type(exc).__name__}: {exc}). "
-            "Give mixed-type object columns one type (e.g. df[col].astype(str)) before returning it."
+            "Give mixed-type object columns one type (e.g. df[col].astype(str)); store complex columns "
+            "as two float columns (.real, .imag), sparse ones dense (df.sparse.to_dense()), and Python "
+            "ints beyond 64 bits as str, before returning it."
         ) from exc
     table, rebuild = _exact_dtypes(table, frame)
     payload, extra = arrow_storage(table)
