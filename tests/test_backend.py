@@ -211,7 +211,7 @@ def test_value_read_back_differently_fails_at_push(vineyard_client, monkeypatch)
 def test_value_vineyard_cannot_store_fails_at_push(vineyard_client, monkeypatch):
     from fluid_airflow.vineyard.client import arrow_stream
 
-    def refuse(client, table):
+    def refuse(client, table, size=None):
         client.create_blob(64)  # allocated before failing: must be rolled back
         raise pa.ArrowNotImplementedError("unsupported type")
 

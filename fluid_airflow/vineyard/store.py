@@ -68,7 +68,7 @@ def _put(client: Client, encoded: codec.Encoded, original: Any, scope: XComScope
         try:
             # Transient first, persisted below: when the persist cannot reach etcd, the id is
             # known and the object can be deleted instead of staying behind unnamed.
-            object_id = _put_payload(client, encoded.payload)
+            object_id = _put_payload(client, encoded.payload, needed)
         except vineyard.NotEnoughMemoryException as exc:
             raise admission.out_of_memory(client, needed, what=encoded.type, scope=scope, cause=exc) from exc
         except Exception as exc:
@@ -145,8 +145,9 @@ def _checked_reference(
     return ref
 
 
-def _put_payload(client: Client, payload: Any) -> Any:
-    """Put an encoded payload; return the new (transient) object's id.
+def _put_payload(client: Client, payload: Any, nbytes: int) -> Any:
+    """Put an encoded payload; return the new (transient) object's id. ``nbytes``: what admission
+    counted (:func:`.lifecycle.admission.payload_nbytes`: for a table its exact stream size).
 
     Arrow tables go as one IPC-stream blob (:mod:`.client.arrow_stream`: 3 round trips, where
     Vineyard's Table builder makes one per buffer and array); arrays through Vineyard's builders.
@@ -154,7 +155,7 @@ def _put_payload(client: Client, payload: Any) -> Any:
     import pyarrow as pa
 
     if isinstance(payload, pa.Table):
-        return arrow_stream.put_table(client, payload)
+        return arrow_stream.put_table(client, payload, nbytes)
     return client.put(payload)
 
 

@@ -34,8 +34,10 @@ _MADV_POPULATE_WRITE = 23  # linux/mman.h (Linux 5.14)
 _PAGE = mmap.PAGESIZE
 
 
-def put_table(client: Client, table: Any) -> Any:
+def put_table(client: Client, table: Any, size: int | None = None) -> Any:
     """Store ``table`` (a ``pyarrow.Table``) as one IPC-stream blob; return the new object's id.
+
+    :param size: :func:`stream_size` of ``table`` (bytes) when the caller has it already.
 
     The object is transient (the caller persists and names it). Allocations go through
     ``client.create_blob`` and ``client.create_metadata``, so a caller wrapping those (the put's
@@ -46,7 +48,8 @@ def put_table(client: Client, table: Any) -> Any:
     import pyarrow as pa
     import vineyard
 
-    size = stream_size(table)
+    if size is None:
+        size = stream_size(table)
     builder = client.create_blob(size)
     target = pa.py_buffer(memoryview(builder))
     sink = pa.FixedSizeBufferWriter(target)
